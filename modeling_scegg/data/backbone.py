@@ -1,0 +1,265 @@
+"""ResNet-101 region features for SC-EGG, built on transformers' ``ResNetModel``.
+
+SC-EGG reads an image as the grid of its last ResNet-101 conv map: a 448 x 448 crop gives a
+2048 x 14 x 14 map, i.e. R = 196 regions of D = 2048 (a 224 crop gives 7 x 7 = 49). The paper used
+torchvision's ImageNet weights without fine-tuning. torchvision and timm are not installable next
+to this torch, so the network is transformers' ``ResNetModel`` and torchvision checkpoints are
+renamed into its layout (:func:`convert_torchvision_resnet_state_dict`); the architectures are the
+same ResNet v1.5 (stride on the 3x3 conv of a bottleneck, ``downsample_in_bottleneck=False``).
+
+Weights sources accepted by :func:`build_resnet101`:
+
+* ``None``: random initialisation, for tests and benchmarks only (the features mean nothing, and
+  at 448 px their magnitude overflows float16 storage).
+* a torchvision state dict file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` read with
+  ``torch.load(weights_only=True)`` (never plain unpickling), e.g. ``resnet101-63fe2227.pth``
+  (IMAGENET1K_V1, what the paper's features were computed with).
+* a transformers ResNet checkpoint: a local folder with ``config.json`` or a Hub id such as
+  ``"microsoft/resnet-101"`` (through ``ResNetModel.from_pretrained``).
+
+Preprocessing follows the common ZSL region-feature pipeline: resize the short side to the crop
+size (bilinear), centre crop, scale to [0, 1], ImageNet mean/std, RGB (PIL ``convert("RGB")``).
+It is transformers' ``BitImageProcessorPil`` configured that way. One known difference from
+torchvision's ``CenterCrop``: the crop offset is ``(size - crop) // 2`` where torchvision rounds half to even, so
+on some odd margins the crop sits one pixel away from torchvision's.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BitImageProcessorPil, ResNetConfig, ResNetModel
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+DEFAULT_CROP_SIZE = 448
+TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+_TV_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
+_TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
+_TV_DOWNSAMPLE = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)$")
+
+
+def resnet101_config() -> ResNetConfig:
+    """The torchvision ResNet-101 architecture in transformers' terms.
+
+    ``downsample_in_bottleneck=False`` puts a stage's stride on the 3x3 conv (ResNet v1.5), as
+    torchvision does; with ``True`` the converted weights would run a different network.
+    """
+    return ResNetConfig(
+        num_channels=3,
+        embedding_size=64,
+        hidden_sizes=[256, 512, 1024, 2048],
+        depths=[3, 4, 23, 3],
+        layer_type="bottleneck",
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,
+    )
+
+
+def _convert_key(key: str) -> str | None:
+    """Map one torchvision ResNet key to transformers' name; None for the classifier head."""
+    if key.startswith("fc."):
+        return None
+    part = {"conv": "convolution", "bn": "normalization"}
+    if match := _TV_STEM.match(key):
+        kind, leaf = match.groups()
+        return f"embedder.embedder.{part[kind[:-1]]}.{leaf}"
+    if match := _TV_BLOCK.match(key):
+        stage, block, kind, index, leaf = match.groups()
+        return f"encoder.stages.{int(stage) - 1}.layers.{block}.layer.{int(index) - 1}.{part[kind]}.{leaf}"
+    if match := _TV_DOWNSAMPLE.match(key):
+        stage, block, index, leaf = match.groups()
+        module = "convolution" if index == "0" else "normalization"
+        return f"encoder.stages.{int(stage) - 1}.layers.{block}.shortcut.{module}.{leaf}"
+    return key
+
+
+def convert_torchvision_resnet_state_dict(
+    state_dict: dict[str, torch.Tensor], config: ResNetConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """Rename a torchvision ResNet state dict into ``ResNetModel``'s layout and check it fully.
+
+    The check runs against a model built from ``config`` (ResNet-101 by default) so that a
+    ResNet-50 file, a truncated download or a fine-tuned variant with extra heads fails here with
+    the offending names instead of loading half-initialised. ``fc.*`` (the ImageNet classifier) is
+    dropped because only the conv map is used.
+    """
+    converted = {}
+    for key, tensor in state_dict.items():
+        new_key = _convert_key(key)
+        if new_key is not None:
+            converted[new_key] = tensor
+    with torch.device("meta"):
+        reference = ResNetModel(config or resnet101_config()).state_dict()
+    missing = sorted(set(reference) - set(converted))
+    unexpected = sorted(set(converted) - set(reference))
+    wrong_shape = [
+        f"{key}: expected {tuple(reference[key].shape)}, got {tuple(converted[key].shape)}"
+        for key in sorted(set(reference) & set(converted))
+        if tuple(reference[key].shape) != tuple(converted[key].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            "the state dict is not a torchvision ResNet of the expected architecture "
+            f"(depths {list((config or resnet101_config()).depths)}): "
+            f"{len(missing)} missing keys {_preview(missing)}, "
+            f"{len(unexpected)} unexpected keys {_preview(unexpected)}, "
+            f"{len(wrong_shape)} shape mismatches {_preview(wrong_shape)}"
+        )
+    return converted
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    """A bounded listing: a wrong architecture can mismatch hundreds of keys."""
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
+def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a torchvision checkpoint without ever executing pickled code."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if path.suffix in TORCH_CHECKPOINT_SUFFIXES:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(
+                f"could not read {path} as a tensor-only torch checkpoint (weights_only=True): {error}"
+            ) from error
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise ValueError(f"{path} does not hold a flat state dict of tensors (got {type(loaded).__name__})")
+        return loaded
+    raise ValueError(
+        f"unsupported weights file {path}: expected .safetensors or one of {TORCH_CHECKPOINT_SUFFIXES}"
+    )
+
+
+def _from_pretrained(name_or_path: str) -> ResNetModel:
+    """Load a transformers ResNet checkpoint, explaining how to get it when it is not at hand."""
+    try:
+        return ResNetModel.from_pretrained(name_or_path)
+    except OSError as error:
+        raise OSError(
+            f"'{name_or_path}' is neither a weights file nor a loadable transformers ResNet checkpoint "
+            f"(folder or Hub id): {error}. Offline, download the checkpoint "
+            f"first where there is network access, e.g. `hf download {name_or_path} --local-dir "
+            f"<folder>`, and pass that folder; or pass a torchvision ResNet-101 state dict "
+            f"(.safetensors or .pth, e.g. resnet101-63fe2227.pth from download.pytorch.org/models/)."
+        ) from error
+
+
+def build_resnet101(weights: str | os.PathLike | None = None) -> ResNetModel:
+    """ResNet-101 in eval mode: random (``None``), torchvision file, or transformers checkpoint."""
+    if weights is None:
+        model = ResNetModel(resnet101_config())
+    elif Path(weights).is_file():
+        state_dict = convert_torchvision_resnet_state_dict(load_torchvision_state_dict(weights))
+        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        with torch.device("meta"):
+            model = ResNetModel(resnet101_config())
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    elif Path(weights).suffix in (".safetensors", *TORCH_CHECKPOINT_SUFFIXES):
+        raise FileNotFoundError(f"backbone weights file not found: {weights}")
+    else:
+        model = _from_pretrained(str(weights))
+    return model.eval()
+
+
+def build_image_processor(crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> BitImageProcessorPil:
+    """Short side to ``resize_size`` (default: the crop size), bilinear, centre crop, ImageNet norm."""
+    return BitImageProcessorPil(
+        size={"shortest_edge": resize_size or crop_size},
+        crop_size={"height": crop_size, "width": crop_size},
+        resample=PILImageResampling.BILINEAR,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+        do_convert_rgb=False,
+    )
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every weight and buffer, so cached features can be tied to the exact backbone."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one: a ResNet-101 at 448 px runs about 1 image/s on a laptop CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class RegionFeatures:
+    """``regions``: (n, R, D) float32, regions row-major over the H x W map; ``global_``: (n, D)."""
+
+    regions: np.ndarray
+    global_: np.ndarray
+
+
+class RegionFeatureExtractor:
+    """Images -> (n, R, D) region features and their mean-pooled (n, D) global feature.
+
+    Runs under ``torch.inference_mode``; ``autocast`` ("fp16" / "bf16") speeds up GPU extraction
+    at the cost of precision, and the outputs are always returned as float32.
+    """
+
+    def __init__(
+        self,
+        model: ResNetModel,
+        *,
+        crop_size: int = DEFAULT_CROP_SIZE,
+        resize_size: int | None = None,
+        device: str | torch.device | None = None,
+        autocast: str | None = None,
+    ) -> None:
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.processor = build_image_processor(crop_size, resize_size)
+        self.crop_size = crop_size
+        self.autocast_dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, 3, crop, crop) float32 pixel values.
+
+        RGB conversion is PIL's ``convert("RGB")`` (alpha dropped), as torchvision's ImageFolder
+        loader does; transformers' own conversion would composite transparency onto white.
+        """
+        rgb = [image.convert("RGB") for image in images]
+        return self.processor(rgb, return_tensors="pt")["pixel_values"]
+
+    def extract_pixel_values(self, pixel_values: torch.Tensor) -> RegionFeatures:
+        """Run the backbone on already preprocessed pixels (e.g. from DataLoader workers)."""
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            feature_map = self.model(pixel_values.to(self.device)).last_hidden_state
+        feature_map = feature_map.float()
+        regions = feature_map.flatten(2).transpose(1, 2)
+        return RegionFeatures(
+            regions=regions.cpu().numpy(),
+            global_=regions.mean(dim=1).cpu().numpy(),
+        )
+
+    def __call__(self, images: Sequence[Image.Image]) -> RegionFeatures:
+        return self.extract_pixel_values(self.preprocess(images))
