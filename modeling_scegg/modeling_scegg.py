@@ -517,6 +517,28 @@ class SCEGGModel(SCEGGPreTrainedModel):
         self.register_buffer("class_attributes", torch.zeros(config.num_classes, config.num_attributes))
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, made strict: transformers re-initialises weights that
+        are missing from a checkpoint with a warning, which for SC-EGG silently yields a model
+        that predicts noise; here a missing tensor or a config of other sizes is an error naming
+        what differs."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "mismatched" not in str(error) and "size mismatch" not in str(error):
+                raise
+            raise ValueError(_describe_size_mismatch(pretrained_model_name_or_path, kwargs.get("config"))) from error
+        if info["missing_keys"] and not wants_info:
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} lacks {len(info['missing_keys'])} tensors of "
+                f"SCEGGModel, e.g. {sorted(info['missing_keys'])[:5]}; it is not a complete SC-EGG checkpoint"
+            )
+        return (model, info) if wants_info else model
+
     # -- semantics -----------------------------------------------------------------------------
     @torch.no_grad()
     def set_class_semantics(self, class_attributes: torch.Tensor, word_vectors: torch.Tensor | None = None) -> None:
@@ -641,6 +663,23 @@ class SCEGGModel(SCEGGPreTrainedModel):
             self.config.synthesis_feedback_weight,
         )
         return features, labels
+
+
+_SIZE_FIELDS = ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
+                "num_unseen_classes", "classifier_input_dim", "resolved_sc_hidden_dim",
+                "regression_hidden_dim", "resolved_latent_dim", "encoder_hidden_dim",
+                "generator_hidden_dim", "critic_hidden_dim", "decoder_hidden_dim")
+
+
+def _describe_size_mismatch(checkpoint, config: SCEGGConfig | None) -> str:
+    """Name the sizes in which a checkpoint and the config it is loaded with disagree."""
+    message = f"checkpoint {checkpoint} holds tensors of other sizes than the config it is loaded with"
+    if config is None:
+        return message
+    saved = SCEGGConfig.from_pretrained(checkpoint)
+    diffs = [f"{name}: checkpoint {getattr(saved, name)} vs config {getattr(config, name)}"
+             for name in _SIZE_FIELDS if getattr(saved, name) != getattr(config, name)]
+    return f"{message}: " + "; ".join(diffs) if diffs else message
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
