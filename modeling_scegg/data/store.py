@@ -33,7 +33,7 @@ ARROW_FILE_NAME = "data.arrow"
 _RECORD_BATCH_BYTES = 64 * 2**20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Table operations that leave the stored rows of the region column untouched.
-_ROW_PRESERVING_REPLAYS = {"replace_schema_metadata", "drop", "select", "remove_column"}
+_ROW_PRESERVING_REPLAYS = {"replace_schema_metadata", "drop", "select", "remove_column", "combine_chunks"}
 
 
 def region_feature_features(
@@ -250,6 +250,23 @@ def _file_offsets(path: str, num_regions: int, feature_dim: int) -> list[tuple[i
     return result
 
 
+def _row_window(block: MemoryMappedTable) -> tuple[int, int] | None:
+    """(first file row, row count) of a memory-mapped table after its slices; None if transformed.
+
+    datasets records every operation on a memory-mapped table as a "replay"; slices (from
+    ``select(range(...))``, ``train_test_split``, ...) only move the row window, and a few
+    column operations leave the rows alone. Anything else (filter, cast, ...) could change the
+    values, so those tables are read through their in-memory views instead.
+    """
+    first = 0
+    for name, args, kwargs in block.replays:
+        if name == "slice":  # offsets are relative to the window left by earlier slices
+            first += args[0] if args else kwargs.get("offset", 0)
+        elif name not in _ROW_PRESERVING_REPLAYS:
+            return None
+    return first, len(block)
+
+
 def _memory_mapped_blocks(table) -> list[MemoryMappedTable] | None:
     """The memory-mapped tables a dataset's rows come from, in order; None if any rows live in RAM."""
     if isinstance(table, MemoryMappedTable):
@@ -293,17 +310,20 @@ class RegionFeatureReader:
             return None
         chunks, start = [], 0
         for block in blocks:
-            ours = block.table.column(REGION_COLUMN)
+            window = _row_window(block)
+            if window is None:
+                return None
+            first, count = window
             offsets = _file_offsets(block.path, self.num_regions, self.feature_dim)
-            # Replays that reshape rows (slice, filter, cast, ...) make the table differ from the file.
-            if any(name not in _ROW_PRESERVING_REPLAYS for name, _, _ in block.replays):
-                return None
-            if [n for n, _ in offsets] != [len(c) for c in ours.chunks]:
-                return None
+            file_row = 0
             for length, offset in offsets:
-                chunks.append(_FileChunk(start, length, block.path, offset))
-                start += length
-        return chunks
+                # Keep the part of this record batch that lies inside the block's row window.
+                lo, hi = max(first, file_row), min(first + count, file_row + length)
+                if lo < hi:
+                    chunks.append(_FileChunk(start, hi - lo, block.path, offset + (lo - file_row) * self._row_bytes))
+                    start += hi - lo
+                file_row += length
+        return chunks if start == dataset.data.num_rows else None
 
     def _memory_chunks(self, dataset: Dataset) -> list[_MemoryChunk]:
         chunks, start = [], 0
