@@ -190,6 +190,16 @@ def build_image_processor(crop_size: int = DEFAULT_CROP_SIZE, resize_size: int |
     )
 
 
+def preprocess_images(processor: BitImageProcessorPil, images: Sequence[Image.Image]) -> torch.Tensor:
+    """(n, 3, crop, crop) float32 pixel values.
+
+    RGB conversion is PIL's ``convert("RGB")`` (alpha dropped), as torchvision's ImageFolder
+    loader does; transformers' own conversion would composite transparency onto white.
+    """
+    rgb = [image.convert("RGB") for image in images]
+    return processor(rgb, return_tensors="pt")["pixel_values"]
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of every weight and buffer, so cached features can be tied to the exact backbone."""
     digest = hashlib.sha256()
@@ -237,13 +247,8 @@ class RegionFeatureExtractor:
         self.autocast_dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(n, 3, crop, crop) float32 pixel values.
-
-        RGB conversion is PIL's ``convert("RGB")`` (alpha dropped), as torchvision's ImageFolder
-        loader does; transformers' own conversion would composite transparency onto white.
-        """
-        rgb = [image.convert("RGB") for image in images]
-        return self.processor(rgb, return_tensors="pt")["pixel_values"]
+        """(n, 3, crop, crop) float32 pixel values."""
+        return preprocess_images(self.processor, images)
 
     def extract_pixel_values(self, pixel_values: torch.Tensor) -> RegionFeatures:
         """Run the backbone on already preprocessed pixels (e.g. from DataLoader workers)."""
