@@ -302,17 +302,23 @@ def generate_features(
     The networks are arguments (not attributes) so that trainers can pass their DDP-wrapped
     copies and keep gradient synchronisation intact.
     """
-    features = generator(latent, attributes)
     if feedback_weight == 0:
-        return features
-    _, hidden = decoder(features)
-    return generator(latent, attributes, feedback(hidden.detach()), feedback_weight)
+        return generator(latent, attributes)
+    with torch.no_grad():  # TF-VAEGAN feeds back detached decoder features: no gradient flows here
+        _, hidden = decoder(generator(latent, attributes))
+    return generator(latent, attributes, feedback(hidden), feedback_weight)
+
+
+def _random(kind: Callable, shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw on the generator's own device (a CPU generator keeps runs reproducible on any
+    accelerator), then move next to `like`."""
+    device = generator.device if generator is not None else like.device
+    return kind(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def reparameterize(mean: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """z = mu + sigma * eps, the VAE reparameterisation."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + torch.exp(0.5 * log_var) * eps
+    return mean + torch.exp(0.5 * log_var) * _random(torch.randn, mean.shape, mean, generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +391,7 @@ def gradient_penalty_eq11(
     """The unweighted penalty E[(||grad D(g', a)||_2 - 1)^2] of Eq. 11 at g' = tau g + (1-tau) g_hat.
 
     Callers multiply by lambda (and gamma); the unweighted value drives the adaptive lambda."""
-    tau = torch.rand(real.shape[0], 1, generator=generator, device=real.device, dtype=real.dtype)
+    tau = _random(torch.rand, (real.shape[0], 1), real, generator)
     mixed = (tau * real.detach() + (1 - tau) * fake.detach()).requires_grad_(True)
     scores = critic(mixed, attributes)
     (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
@@ -653,10 +659,7 @@ class SCEGGModel(SCEGGPreTrainedModel):
         if bad.numel():
             raise ValueError(f"class_ids must lie in [0, {self.config.num_classes}), got {bad[:5].tolist()}")
         labels = class_ids.repeat_interleave(num_per_class)
-        latent = torch.randn(
-            len(labels), self.config.resolved_latent_dim, generator=generator, device=device,
-            dtype=self.class_attributes.dtype,
-        )
+        latent = _random(torch.randn, (len(labels), self.config.resolved_latent_dim), self.class_attributes, generator)
         eggn = self.eggn
         features = generate_features(
             eggn.generator, eggn.decoder, eggn.feedback, latent, self.class_attributes[labels],

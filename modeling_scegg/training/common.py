@@ -1,0 +1,111 @@
+"""What the stage trainers share: the run context, the resumable step loop, sharded inference.
+
+Each stage builds its own `Accelerator`, prepares only the networks it trains and saves only
+those with `save_state`, so a checkpoint of stage 3 never depends on how stage 1 was prepared.
+Randomness comes from per-stage, per-process streams (`StageState`) that are checkpointed, which
+is what makes a resumed run end with the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..modeling_scegg import SCEGGModel
+from .arguments import SCEGGTrainingArguments
+from .checkpointing import CheckpointManager, StageState
+
+logger = get_logger(__name__)
+
+_STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "stage3": 3, "classifiers": 4}
+
+
+@dataclass
+class RunContext:
+    """Shared state of one pipeline run."""
+
+    args: SCEGGTrainingArguments
+    model: SCEGGModel
+    tracker: Accelerator
+    checkpoints: CheckpointManager
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def make_accelerator(self) -> Accelerator:
+        return Accelerator(mixed_precision=self.args.mixed_precision)
+
+    def stage_state(self, stage: str, accelerator: Accelerator, per_process: bool = True) -> StageState:
+        """A random stream per (run seed, stage[, process]): with `per_process` ranks draw
+        different batches; without, they share one stream (to agree on a shuffle)."""
+        seed = self.args.seed * 1_000 + _STAGE_OFFSETS[stage] * 100
+        return StageState(seed=seed + accelerator.process_index if per_process else seed)
+
+    def log(self, stage: str, values: dict[str, float], step: int) -> None:
+        self.tracker.log({f"{stage}/{k}": v for k, v in values.items()}, step=step)
+
+
+def run_steps(
+    ctx: RunContext,
+    accelerator: Accelerator,
+    stage: str,
+    num_steps: int,
+    state: StageState,
+    step_fn: Callable[[StageState], dict[str, float]],
+) -> dict[str, list[tuple[int, float]]]:
+    """Run `step_fn` until `num_steps`, checkpointing every `checkpoint_every` steps and
+    continuing from the newest checkpoint with `--resume`. Returns the stage's loss history."""
+    if ctx.args.resume and (folder := ctx.checkpoints.latest_step(stage)) is not None:
+        ctx.checkpoints.load_step(accelerator, folder, state)
+        logger.info(f"{stage}: resumed at step {state.step} from {folder}", main_process_only=True)
+    history = state.extra.setdefault("history", {})
+    log_every = max(1, num_steps // 200)
+    bar = tqdm(total=num_steps, initial=state.step, desc=stage, disable=not accelerator.is_local_main_process)
+    while state.step < num_steps:
+        values = step_fn(state)
+        state.step += 1
+        bar.update(1)
+        if state.step % log_every == 0 or state.step == num_steps:
+            for key, value in values.items():
+                history.setdefault(f"{stage}/{key}", []).append((state.step, float(value)))
+            ctx.log(stage, values, state.step)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+        if state.step % ctx.args.checkpoint_every == 0 and state.step < num_steps:
+            ctx.checkpoints.save_step(accelerator, stage, state)
+    bar.close()
+    ctx.history.update({k: [tuple(p) for p in v] for k, v in history.items()})
+    return history
+
+
+def sharded_map(
+    accelerator: Accelerator,
+    num_items: int,
+    batch_size: int,
+    compute: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Apply `compute(indices)` to every item once, split across processes, and gather the
+    results on every process in item order (`gather_for_metrics` drops the padding that makes
+    the shards even, so each item is counted exactly once)."""
+    loader = accelerator.prepare(DataLoader(torch.arange(num_items), batch_size=batch_size))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for indices in loader:
+        out = compute(indices)
+        out["index"] = indices
+        gathered = accelerator.gather_for_metrics(out)
+        for key, value in gathered.items():
+            parts.setdefault(key, []).append(value.cpu())
+    merged = {key: torch.cat(values) for key, values in parts.items()}
+    order = torch.argsort(merged.pop("index"))
+    if len(order) != num_items:
+        raise RuntimeError(f"sharded evaluation returned {len(order)} items for {num_items}")
+    return {key: value[order] for key, value in merged.items()}
+
+
+def silence_noisy_loggers() -> None:
+    """Keep the progress bars readable: datasets and transformers chatter at INFO level."""
+    for name in ("datasets", "transformers.modeling_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)

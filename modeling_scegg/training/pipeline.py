@@ -1,0 +1,217 @@
+"""The whole SC-EGG run: data -> stage 1 -> feature cache -> stage 2 -> stage 3 -> classifiers
+-> saved model, results.json, plots, model card (and optionally the Hub).
+
+After every stage a snapshot (model weights, feature cache, histories) is written atomically, so
+`--resume` restarts at the first unfinished stage and, inside it, at its last step checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+
+from ..configuration_scegg import SCEGGConfig
+from ..data import ZSLDataset, load_zsl_dataset
+from ..data.store import RegionFeatureReader
+from ..modeling_scegg import SCEGGModel
+from .arguments import SCEGGTrainingArguments
+from .checkpointing import STAGES, CheckpointManager
+from .classifiers import train_and_evaluate_classifiers
+from .common import RunContext, silence_noisy_loggers
+from .stage1 import compute_dense_features, train_stage1
+from .stage2 import regression_fidelity, train_stage2
+from .stage3 import train_stage3
+
+logger = get_logger(__name__)
+
+PROTOCOL = "fixed schedule: the last epoch of every stage is reported; nothing is selected on test data"
+_CACHE_FILE, _PROGRESS_FILE = "cache.safetensors", "progress.json"
+
+
+def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
+    """Sizes and classes come from the data; the preset and overrides set the rest."""
+    semantics = data.semantics
+    fixed = dict(
+        feature_dim=data.feature_dim, num_regions=data.num_regions,
+        num_attributes=semantics.num_attributes, num_classes=semantics.num_classes,
+        seen_class_ids=[int(c) for c in semantics.seen_class_ids],
+        unseen_class_ids=[int(c) for c in semantics.unseen_class_ids],
+        id2label=dict(enumerate(semantics.class_names)),
+    )
+    if semantics.word_vectors is not None:
+        fixed["word_dim"] = int(semantics.word_vectors.shape[1])
+    clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
+    if clash:
+        raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
+    return SCEGGConfig(**{**overrides, **fixed})
+
+
+def _tracker(args: SCEGGTrainingArguments) -> Accelerator:
+    log_with = args.log_with
+    if log_with == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            log_with = None
+    log_with = None if log_with in (None, "none") else log_with
+    return Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=args.output_dir)
+
+
+def _check_output_dir(args: SCEGGTrainingArguments, checkpoints: CheckpointManager) -> None:
+    """A fresh run must not mix with the checkpoints of an earlier one."""
+    if not args.resume and checkpoints.root.is_dir() and any(checkpoints.root.iterdir()):
+        raise FileExistsError(
+            f"{checkpoints.root} holds checkpoints of an earlier run: pass --resume to continue it, "
+            f"or choose another --output_dir"
+        )
+
+
+def _scale(model: SCEGGModel, caches: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Fit the min-max scaler on trainval g and map every split's g through it."""
+    device = model.class_attributes.device
+    model.scen.fit_scaler(caches["train"]["features"].to(device))
+    with torch.no_grad():
+        for cache in caches.values():
+            cache["features"] = model.scen.scale(cache["features"].to(device)).cpu()
+
+
+def _save_snapshot(ctx: RunContext, caches, progress: dict):
+    def write(folder: Path) -> None:
+        ctx.model.save_pretrained(folder)
+        flat = {f"{split}/{k}": v.contiguous() for split, cache in caches.items() for k, v in cache.items()}
+        save_file(flat, str(folder / _CACHE_FILE))
+        (folder / _PROGRESS_FILE).write_text(json.dumps({**progress, "history": ctx.history}))
+
+    return write
+
+
+def _load_snapshot(folder: Path, device: torch.device) -> tuple[SCEGGModel, dict, dict]:
+    model = SCEGGModel.from_pretrained(folder).to(device)
+    caches: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(folder / _CACHE_FILE)).items():
+        split, name = key.split("/", 1)
+        caches.setdefault(split, {})[name] = value
+    progress = json.loads((folder / _PROGRESS_FILE).read_text())
+    return model, caches, progress
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = round(time.perf_counter() - self.start, 2)
+
+
+def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
+    """Train every stage and evaluate; returns the results written to `results.json`."""
+    silence_noisy_loggers()
+    tracker = _tracker(args)
+    checkpoints = CheckpointManager(args.output_dir)
+    _check_output_dir(args, checkpoints)
+    set_seed(args.seed)
+    with tracker.main_process_first():
+        data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    config = build_config(data, args.model_config_overrides())
+    finished = checkpoints.last_finished_stage() if args.resume else None
+    if finished:
+        model, caches, progress = _load_snapshot(checkpoints.snapshot_dir(finished), tracker.device)
+        logger.info(f"resuming after {finished}", main_process_only=True)
+    else:
+        torch.manual_seed(args.seed)
+        model = SCEGGModel(config).to(tracker.device)
+        model.set_class_semantics(torch.from_numpy(data.semantics.attributes),
+                                  None if data.semantics.word_vectors is None else torch.from_numpy(data.semantics.word_vectors))
+        caches, progress = {}, {"timings": {}}
+    tracker.init_trackers("scegg", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+    ctx = RunContext(args=args, model=model, tracker=tracker, checkpoints=checkpoints,
+                     history={k: [tuple(p) for p in v] for k, v in progress.get("history", {}).items()})
+    timings = progress["timings"]
+    done = STAGES.index(finished) + 1 if finished else 0
+
+    if done < 1:
+        with _Timer(timings, "stage1"):
+            if config.dense_feature_source == "scen":
+                train_stage1(ctx, RegionFeatureReader(data.splits["train"]))
+            caches = {split: compute_dense_features(ctx, RegionFeatureReader(data.splits[split]), split == "train")
+                      for split in ("train", "test_seen", "test_unseen")}
+            _scale(model, caches)
+        checkpoints.finish_stage(tracker, "stage1", _save_snapshot(ctx, caches, progress))
+    if done < 2:
+        with _Timer(timings, "stage2"):
+            if _needs_stage2(config):
+                train_stage2(ctx, caches["train"])
+                progress["stage2_fidelity"] = regression_fidelity(ctx, caches["train"])
+        checkpoints.finish_stage(tracker, "stage2", _save_snapshot(ctx, caches, progress))
+    if done < 3:
+        with _Timer(timings, "stage3"):
+            train_stage3(ctx, caches["train"])
+        checkpoints.finish_stage(tracker, "stage3", _save_snapshot(ctx, caches, progress))
+    if done < 4:
+        with _Timer(timings, "classifiers"):
+            progress["results"] = train_and_evaluate_classifiers(
+                ctx, caches["train"], {s: caches[s] for s in ("test_seen", "test_unseen")})
+        checkpoints.finish_stage(tracker, "classifiers", _save_snapshot(ctx, caches, progress))
+
+    results = _results(args, data, progress)
+    if tracker.is_main_process:
+        _write_outputs(ctx, data, caches, results)
+    tracker.wait_for_everyone()
+    tracker.end_training()
+    return results
+
+
+def _needs_stage2(config: SCEGGConfig) -> bool:
+    """CLS_g only matters through L_EGS; the pooled baseline has no local scores to regress."""
+    return bool(config.lambda_s or config.lambda_u) and config.dense_feature_source == "scen"
+
+
+def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict) -> dict[str, Any]:
+    return {
+        "dataset": data.name,
+        **progress["results"],
+        "protocol": PROTOCOL,
+        "stage_seconds": progress["timings"],
+        "stage2_fidelity": progress.get("stage2_fidelity"),
+        "chance_czsl": 100.0 / len(data.semantics.unseen_class_ids),
+        "seed": args.seed,
+        "training_args": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("push_to_hub",)},
+    }
+
+
+def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
+    """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    from ..hub import build_model_card, push_model
+    from .reporting import write_plots
+
+    out = Path(ctx.args.output_dir)
+    ctx.model.save_pretrained(out)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "results.json")
+    if ctx.args.plots:
+        write_plots(ctx, data, caches, out / "plots")
+    build_model_card(out, results, dataset_name=data.name, training_args=results["training_args"],
+                     feature_extractor=_feature_extractor(data), protocol="fixed")
+    if ctx.args.push_to_hub:
+        push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
+
+
+def _feature_extractor(data: ZSLDataset) -> str:
+    if data.name == "synthetic":
+        return f"synthetic region features (R={data.num_regions}, D={data.feature_dim}), no backbone"
+    return f"ResNet-101 (ImageNet), last conv map: R={data.num_regions} regions of D={data.feature_dim}"
