@@ -145,7 +145,8 @@ class HubStandIn:
         handler = type("BoundHandler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-stand-in", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-stand-in",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -153,6 +154,7 @@ class HubStandIn:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._thread.join(timeout=5)
             self._server = None
 
     def served_routes(self) -> list[str]:
@@ -163,12 +165,12 @@ class HubStandIn:
     def _now(self) -> str:
         return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
-    def _new_commit(self, repo: Repo, title: str, files: dict[str, RepoFileEntry]) -> Commit:
+    def _new_commit(self, repo: Repo, branch: str, title: str, files: dict[str, RepoFileEntry]) -> Commit:
         listing = "".join(f"{p}\0{e.blob_oid}\n" for p, e in sorted(files.items()))
-        seed = f"{repo.repo_type}/{repo.repo_id}\n{repo.branches.get('main')}\n{title}\n{next(self._counter)}\n"
+        seed = f"{repo.repo_type}/{repo.repo_id}\n{repo.branches.get(branch)}\n{title}\n{next(self._counter)}\n"
         commit = Commit(hashlib.sha1((seed + listing).encode()).hexdigest(), title, self._now(), files)
         repo.commits[commit.oid] = commit
-        repo.branches["main"] = commit.oid
+        repo.branches[branch] = commit.oid
         return commit
 
     def get_repo(self, repo_type: str, repo_id: str) -> Repo:
@@ -192,9 +194,26 @@ class HubStandIn:
             repo = Repo(repo_type, repo_id, private, self._now())
             attributes = DEFAULT_GITATTRIBUTES.encode()
             entry = RepoFileEntry(len(attributes), git_blob_oid(attributes), content=attributes)
-            self._new_commit(repo, "initial commit", {".gitattributes": entry})
+            self._new_commit(repo, "main", "initial commit", {".gitattributes": entry})
             self.repos[(repo_type, repo_id)] = repo
             return repo
+
+    def add_files(self, repo_type: str, repo_id: str, files: dict[str, bytes], title: str = "add files") -> Commit:
+        """Seed a repo directly (creating it if needed), routing files to LFS like an upload would:
+        for tests whose subject is the download side."""
+        with self.lock:
+            repo = self.repos.get((repo_type, repo_id)) or self.create_repo(repo_type, repo_id, private=False)
+            head = self.get_commit(repo, "main")
+            lines: list[dict] = [{"key": "header", "value": {"summary": title}}]
+            for path, content in files.items():
+                if self.upload_mode(head, path, len(content), content[:512]) == "lfs":
+                    oid = hashlib.sha256(content).hexdigest()
+                    self.lfs_objects[oid] = content
+                    lines.append({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid}})
+                else:
+                    encoded = base64.b64encode(content).decode()
+                    lines.append({"key": "file", "value": {"path": path, "content": encoded, "encoding": "base64"}})
+            return self.apply_commit(repo, "main", lines)
 
     def upload_mode(self, commit: Commit, path: str, size: int, sample: bytes) -> str:
         """LFS when .gitattributes says so, when the file is large, or when it looks binary."""
@@ -227,9 +246,7 @@ class HubStandIn:
             for line in lines[1:]:
                 self._apply_operation(files, line)
             title = header.get("summary") or "commit"
-            commit = self._new_commit(repo, title, files)
-            repo.branches[revision] = commit.oid
-            return commit
+            return self._new_commit(repo, revision, title, files)
 
     def _apply_operation(self, files: dict[str, RepoFileEntry], line: dict) -> None:
         key, value = line.get("key"), line.get("value", {})
@@ -362,6 +379,7 @@ _TYPE = r"(?P<rtype>models|datasets)"
 _ROUTES: list[tuple[str, re.Pattern, str]] = [
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
+    ("GET", re.compile(r"^/api/agent-harnesses$"), "agent_harnesses"),
     ("POST", re.compile(rf"^/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
     ("POST", re.compile(rf"^/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
     ("POST", re.compile(rf"^/api/{_TYPE}/{_REPO}/paths-info/(?P<rev>[^/]+)$"), "paths_info"),
@@ -487,6 +505,10 @@ class _Handler(BaseHTTPRequestHandler):
         errors = validate_card_yaml(json.loads(body).get("content", ""))
         status = 400 if errors else 200
         return self._json({"errors": [{"message": e} for e in errors], "warnings": []}, status=status)
+
+    def _route_agent_harnesses(self, method: str, body: bytes) -> int:
+        """The registry the hf CLI fetches to detect AI agents; empty means "detect none"."""
+        return self._json({"standardEnvVars": [], "harnesses": {}})
 
     def _route_preupload(self, method: str, body: bytes, rtype: str, repo: str, rev: str) -> int:
         self._reject_unserved_params("create_pr")
@@ -682,7 +704,8 @@ def client_env(endpoint: str, hf_home: Path) -> dict[str, str]:
         "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
         "TRANSFORMERS_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_DISABLE_IMPLICIT_TOKEN": "0", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-        "HF_UPDATE_DOWNLOAD_COUNTS": "0", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
     })
     return env
 

@@ -1,0 +1,460 @@
+"""Sharing SC-EGG on the Hugging Face Hub: the model card, pushing models and feature datasets,
+and loading that refuses pickled weights and explains offline failures.
+
+Everything goes through the stock clients (``huggingface_hub``, ``datasets``, ``transformers``);
+this module only decides WHAT is shared: an explicit list of files (never checkpoints, optimizer
+states or pickles), a card whose model-index carries CZSL Acc and GZSL U / S / H with the
+evaluation protocol named, and a dataset layout that ``datasets.load_dataset`` reads without
+loading scripts.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.repocard import metadata_load
+
+from .modeling_scegg import SCEGGModel
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_TEMPLATE = PACKAGE_DIR / "templates" / "MODEL_CARD.md"
+MODELING_FILES = ("configuration_scegg.py", "modeling_scegg.py")
+# Formats that unpickle on load (torch.load, pickle, Lightning ckpt): never shared, never loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", *MODELING_FILES,
+                       "README.md", "results.json")
+
+RESULT_KEYS = {
+    # key in results: (setting, metric shown, metric_type, split)
+    "czsl_accuracy": ("CZSL", "Acc (unseen classes)", "accuracy", "test_unseen"),
+    "gzsl_unseen_accuracy": ("GZSL", "U (unseen accuracy)", "accuracy", "test_unseen"),
+    "gzsl_seen_accuracy": ("GZSL", "S (seen accuracy)", "accuracy", "test_seen"),
+    "gzsl_harmonic_mean": ("GZSL", "H (harmonic mean of U and S)", "harmonic_mean", "test_seen+test_unseen"),
+}
+PROTOCOLS = {
+    "fixed": ("honest, fixed schedule",
+              "Every stage ran a fixed number of iterations/epochs and the last one was kept; the test "
+              "set was used once, for these numbers."),
+    "validation": ("honest, validation selection",
+                   "Epochs were selected on a validation split of the seen classes (xlsa17 train_loc / "
+                   "val_loc, val classes as pseudo-unseen); the test set was used once, for these numbers."),
+    "published": ("published protocol, test-selected",
+                  "As in the authors' code, the best epoch was chosen by TEST accuracy. This is selection "
+                  "on the test set: the numbers are optimistic and not comparable with honest results."),
+}
+CARD_TAGS = ["sc-egg", "zero-shot-learning", "generalized-zero-shot-learning", "zero-shot-image-classification",
+             "custom_code", "pytorch", "transformers"]
+FEATURE_DATASET_COLUMNS = {
+    "features": ("region_features", "label"),
+    "classes": ("class_id", "class_name", "attributes", "is_unseen"),
+    "attributes": ("attribute_name", "word_vector"),
+}
+
+
+class UnsafeWeightsError(ValueError):
+    """Raised where only pickle-based weights exist: loading them would execute arbitrary code."""
+
+
+class HubOfflineError(OSError):
+    """Raised instead of a client's offline / cache-miss error, saying what to download and how."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------
+def build_model_card(
+    output_dir: str | os.PathLike,
+    results: Mapping[str, Any],
+    *,
+    dataset_name: str,
+    training_args: Mapping[str, Any],
+    feature_extractor: str,
+    protocol: str,
+    repo_id: str | None = None,
+    base_template: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Write ``output_dir/README.md`` from the card template and return the ``ModelCard``.
+
+    ``results`` holds the four numbers as fractions in [0, 1] under ``RESULT_KEYS`` (the card
+    shows percent), optionally with a ``"published_protocol"`` mapping of the same keys for the
+    test-selected numbers, which only the card text shows, labelled. ``protocol`` names how the
+    main numbers (the model-index) were selected: one of ``PROTOCOLS``. The sizes come from
+    ``output_dir/config.json``.
+    """
+    folder = Path(output_dir)
+    config = _read_config(folder)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    main = _result_values(results, "results")
+    published = None
+    if results.get("published_protocol") is not None:
+        if protocol == "published":
+            raise ValueError("results: the main numbers already use protocol='published'; "
+                             "drop results['published_protocol'] or pass an honest protocol")
+        published = _result_values(results["published_protocol"], "results['published_protocol']")
+    model_name = repo_id.split("/")[-1] if repo_id else f"sc-egg-{dataset_name.split('/')[-1].lower()}"
+    protocol_label, protocol_description = PROTOCOLS[protocol]
+    card_data = ModelCardData(
+        model_name=model_name,
+        # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
+        # not pick up test-selected numbers shown beside honest ones in the text.
+        eval_results=_eval_results(main, dataset_name, protocol_label),
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        license="apache-2.0",
+        tags=CARD_TAGS,
+        metrics=["accuracy"],
+        datasets=[dataset_name] if "/" in dataset_name else None,
+    )
+    template = Path(base_template) if base_template is not None else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template not found: {template}")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        repo_id=repo_id or "ORG/NAME",
+        dataset_name=dataset_name,
+        feature_extractor=feature_extractor,
+        protocol_label=protocol_label,
+        protocol_description=protocol_description,
+        result_rows=_table_rows(main),
+        published_rows=_table_rows(published) if published is not None else [],
+        training_config=json.dumps(dict(training_args), indent=2, sort_keys=True, default=str),
+        num_classes=config["num_classes"],
+        num_seen=len(config["seen_class_ids"]),
+        num_unseen=len(config["unseen_class_ids"]),
+        num_attributes=config["num_attributes"],
+        num_regions=config["num_regions"],
+        feature_dim=config["feature_dim"],
+    )
+    _atomic_write_text(folder / "README.md", str(card))
+    return card
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: save the model with save_pretrained() before building its card")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    needed = ("num_classes", "seen_class_ids", "unseen_class_ids", "num_attributes", "num_regions", "feature_dim")
+    missing = [key for key in needed if key not in config]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {missing}: it is not an SC-EGG config (model_type {config.get('model_type')!r})"
+        )
+    return config
+
+
+def _result_values(results: Mapping[str, Any], where: str) -> dict[str, float]:
+    """The four metrics as percent, after checking they are fractions (a percent passed by
+    mistake would otherwise show as 6850 %)."""
+    missing = [key for key in RESULT_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}; expected fractions in [0, 1] under {list(RESULT_KEYS)}")
+    values = {}
+    for key in RESULT_KEYS:
+        value = results[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{where}[{key!r}] must be a fraction in [0, 1], got {value!r}")
+        values[key] = round(100.0 * float(value), 2)
+    return values
+
+
+def _eval_results(values: dict[str, float], dataset_name: str, protocol_label: str) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type="zero-shot-image-classification",
+            task_name="Zero-shot image classification (CZSL and GZSL)",
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            dataset_split=RESULT_KEYS[key][3],
+            metric_type=RESULT_KEYS[key][2],
+            metric_name=f"{RESULT_KEYS[key][0]} {RESULT_KEYS[key][1]} [{protocol_label}]",
+            metric_value=value,
+        )
+        for key, value in values.items()
+    ]
+
+
+def _table_rows(values: dict[str, float]) -> list[dict[str, Any]]:
+    return [
+        {"setting": RESULT_KEYS[key][0], "metric": RESULT_KEYS[key][1], "split": RESULT_KEYS[key][3], "value": value}
+        for key, value in values.items()
+    ]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary sibling and rename, so a crash never leaves half a file."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe loading
+# ----------------------------------------------------------------------------------------------
+def check_safetensors_only(folder_or_repo_files: str | os.PathLike | Iterable[str]) -> list[str]:
+    """Return the safetensors weight files of a folder (or of a repo's file list); raise
+    ``UnsafeWeightsError`` when the weights exist only in a pickle-based format, which
+    ``torch.load`` would have to unpickle, i.e. run code from the file."""
+    if isinstance(folder_or_repo_files, (str, os.PathLike)):
+        folder = Path(folder_or_repo_files)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        where = str(folder)
+    else:
+        names = sorted(folder_or_repo_files)
+        where = "the repository"
+    top_level = [name for name in names if "/" not in name]
+    safe = [name for name in top_level if name.endswith(".safetensors")]
+    pickled = [name for name in top_level if name.endswith(PICKLE_SUFFIXES)]
+    if safe:
+        return safe
+    if pickled:
+        raise UnsafeWeightsError(
+            f"{where} holds weights only in pickle-based formats {pickled}; loading them would run code "
+            "from the file. Ask for a safetensors export, or convert a file you trust yourself "
+            "(load with torch.load(..., weights_only=True), then save_pretrained())."
+        )
+    raise FileNotFoundError(f"{where} holds no model weights (*.safetensors); files: {names[:10]}")
+
+
+def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | None = None) -> SCEGGModel:
+    """Load an SC-EGG checkpoint from a folder or a Hub repo with the installed package's code.
+
+    Only config, safetensors and the card are ever downloaded (pickles are never fetched); the
+    installed ``SCEGGModel`` is used, so no remote code runs. Offline cache misses raise
+    ``HubOfflineError`` with the commands that fix them.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        folder = path
+    else:
+        try:
+            folder = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
+                                            allow_patterns=["config.json", "*.safetensors",
+                                                            "model.safetensors.index.json", "README.md"]))
+        except Exception as error:
+            raise explain_offline_error(error, str(name_or_path)) from error
+    check_safetensors_only(folder)
+    return SCEGGModel.from_pretrained(folder, use_safetensors=True)
+
+
+def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "model") -> BaseException:
+    """Turn the client's "offline and not cached" error into ``HubOfflineError`` naming the
+    download command and how to load the folder; any other error is returned unchanged."""
+    if not (constants.is_offline_mode() or _caused_by_offline(exc)):
+        return exc
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    local_dir = f"./{repo_id.split('/')[-1]}"
+    type_flag = " --repo-type dataset" if repo_type == "dataset" else ""
+    if repo_type == "dataset":
+        load = f'datasets.load_dataset("{local_dir}", "features")'
+    else:
+        load = f'AutoModel.from_pretrained("{local_dir}", trust_remote_code=True)'
+    message = (
+        f"Cannot load the {repo_type} '{repo_id}': the Hub client is offline (HF_HUB_OFFLINE=1 or no network) "
+        f"and the files are not in the local cache ({constants.HF_HUB_CACHE}).\n"
+        f"On a machine with network access run\n"
+        f"    hf download {repo_id}{type_flag} --local-dir {local_dir}\n"
+        f"(older huggingface_hub: huggingface-cli download {repo_id}{type_flag} --local-dir {local_dir}),\n"
+        f"copy the folder here and load it from disk: {load}.\n"
+        f"Or unset HF_HUB_OFFLINE where the Hub is reachable and the client downloads it itself.\n"
+        f"Client error: {type(exc).__name__}: {exc}"
+    )
+    error = HubOfflineError(message)
+    error.__cause__ = exc
+    return error
+
+
+def _caused_by_offline(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Pushing
+# ----------------------------------------------------------------------------------------------
+def push_model(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload SC-EGG model",
+) -> str:
+    """Push a saved SC-EGG model (config, safetensors weights, modeling code, card, results) to
+    ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files of the
+    output folder stay local; pickled weights make the push fail rather than be skipped quietly."""
+    folder = Path(output_dir)
+    files = model_files_to_push(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        allow_patterns=files,
+        delete_patterns=["model*.safetensors", "model.safetensors.index.json"],
+        commit_message=commit_message,
+    )
+    return commit.commit_url
+
+
+def model_files_to_push(folder: Path) -> list[str]:
+    """The exact top-level files of a model upload, after the checks that make it loadable with
+    ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` and free of pickles."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model output folder not found: {folder}")
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    pickled = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise UnsafeWeightsError(
+            f"{folder} contains pickle-based files {pickled}; only safetensors are shared. Re-save the model "
+            "with save_pretrained() (safetensors is the default) and move the pickles out of the folder."
+        )
+    config = _read_config(folder)
+    auto_map = config.get("auto_map") or {}
+    if not {"AutoConfig", "AutoModel"} <= set(auto_map):
+        raise ValueError(
+            f"{folder / 'config.json'} has no auto_map for AutoConfig/AutoModel (got {auto_map}); save the model "
+            "after `import modeling_scegg`, which registers the classes for remote code"
+        )
+    check_safetensors_only(names)
+    if "README.md" not in names:
+        raise FileNotFoundError(f"{folder / 'README.md'} not found: write the card first with build_model_card()")
+    for name in MODELING_FILES:
+        if name not in names:
+            _copy_atomic(PACKAGE_DIR / name, folder / name)
+            names.append(name)
+    return sorted(name for name in set(names) if any(fnmatch.fnmatchcase(name, p) for p in SAFE_MODEL_PATTERNS))
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
+                                     delete=False) as handle:
+        temporary = Path(handle.name)
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def push_feature_dataset(
+    folder_or_dataset: str | os.PathLike | Any,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload SC-EGG feature dataset",
+) -> str:
+    """Push a feature dataset in the Hub layout (``features`` / ``classes`` / ``attributes``
+    configs as Parquet, declared in the README's ``configs:``) and return the commit URL.
+
+    A folder is pushed as it is after checking the layout; a dataset object is first written with
+    ``modeling_scegg.data.save_zsl_dataset_to_hub_layout``.
+    """
+    if isinstance(folder_or_dataset, (str, os.PathLike)):
+        return _push_dataset_folder(Path(folder_or_dataset), repo_id, token, private, commit_message)
+    from .data import save_zsl_dataset_to_hub_layout
+
+    with tempfile.TemporaryDirectory(prefix="scegg-hub-") as scratch:
+        save_zsl_dataset_to_hub_layout(folder_or_dataset, scratch)
+        return _push_dataset_folder(Path(scratch), repo_id, token, private, commit_message)
+
+
+def _push_dataset_folder(folder: Path, repo_id: str, token: str | None, private: bool, commit_message: str) -> str:
+    files = dataset_files_to_push(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=folder,
+        allow_patterns=files,
+        delete_patterns=["*.parquet"],
+        commit_message=commit_message,
+    )
+    return commit.commit_url
+
+
+def dataset_files_to_push(folder: Path) -> list[str]:
+    """README.md plus every Parquet file its ``configs:`` declares, after checking that the three
+    configs exist, each pattern matches files, and each table has the columns the loader needs."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise FileNotFoundError(f"{readme} not found: a Hub dataset declares its configs in the README YAML")
+    configs = (metadata_load(readme) or {}).get("configs")
+    if not isinstance(configs, list):
+        raise ValueError(f"{readme}: the YAML front matter has no 'configs:' list")
+    declared = {entry.get("config_name"): entry for entry in configs if isinstance(entry, dict)}
+    missing = [name for name in FEATURE_DATASET_COLUMNS if name not in declared]
+    if missing:
+        raise ValueError(f"{readme}: configs {missing} are missing; found {sorted(map(str, declared))}")
+    files = {"README.md"}
+    for name, entry in declared.items():
+        matched = _data_files(folder, entry.get("data_files"), f"{readme}: config {name!r}")
+        for path in matched:
+            if not path.endswith(".parquet"):
+                raise ValueError(f"{folder / path}: config {name!r} must be stored as Parquet")
+            columns = set(pq.read_schema(folder / path).names)
+            needed = FEATURE_DATASET_COLUMNS.get(name, ())
+            if not set(needed) <= columns:
+                raise ValueError(
+                    f"{folder / path}: config {name!r} needs columns {list(needed)}, has {sorted(columns)}"
+                )
+        files.update(matched)
+    return sorted(files)
+
+
+def _data_files(folder: Path, data_files: Any, where: str) -> list[str]:
+    """The files a ``data_files`` entry (str, list of str, or list of {split, path}) matches."""
+    if isinstance(data_files, str):
+        patterns = [data_files]
+    elif isinstance(data_files, list):
+        patterns = []
+        for item in data_files:
+            paths = item.get("path") if isinstance(item, dict) else item
+            patterns.extend([paths] if isinstance(paths, str) else list(paths or []))
+    else:
+        raise ValueError(f"{where}: data_files must be a path, a list of paths or a list of {{split, path}}, "
+                         f"got {data_files!r}")
+    matched = []
+    for pattern in patterns:
+        hits = sorted(p.relative_to(folder).as_posix() for p in folder.glob(pattern) if p.is_file())
+        if not hits:
+            raise FileNotFoundError(f"{where}: data_files pattern {pattern!r} matches no file under {folder}")
+        matched.extend(hits)
+    return matched
+
+
+__all__ = [
+    "HubOfflineError",
+    "UnsafeWeightsError",
+    "build_model_card",
+    "check_safetensors_only",
+    "dataset_files_to_push",
+    "explain_offline_error",
+    "load_model",
+    "model_files_to_push",
+    "push_feature_dataset",
+    "push_model",
+]
