@@ -34,6 +34,7 @@ class SCEGGTrainingArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default ~/.cache/scegg)"})
     config: str | None = field(default=None, metadata={"help": "a preset JSON with 'model' and 'training' sections"})
     model_overrides: list[str] = field(default_factory=list, metadata={"help": "SCEGGConfig fields as key=value (JSON values)"})
+    synthetic_overrides: list[str] = field(default_factory=list, metadata={"help": "SyntheticConfig fields as key=value, for --dataset synthetic"})
     output_dir: str = field(default="outputs", metadata={"help": "model, results.json, plots and checkpoints go here"})
     seed: int = field(default=42, metadata={"help": "seed of every random stream of the run"})
     batch_size: int = field(default=64, metadata={"help": "per-process batch of every stage (class-balanced, always full)"})
@@ -78,16 +79,21 @@ class SCEGGTrainingArguments:
 
     def model_config_overrides(self) -> dict[str, Any]:
         """Model fields from the preset's 'model' section and then `--model_overrides`."""
-        overrides = dict(self.preset().get("model", {}))
-        for item in self.model_overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--model_overrides expects key=value, got {item!r}")
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
-        return overrides
+        return {**self.preset().get("model", {}), **parse_key_values(self.model_overrides, "--model_overrides")}
+
+
+def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """`key=value` strings to a dict; values are JSON where they parse (numbers, booleans, lists)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class CheckpointManager:
         folder = self.stage_dir(stage)
         if not folder.is_dir():
             return None
-        steps = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_"))
+        steps = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and p.suffix != ".tmp")
         return steps[-1] if steps else None
 
     def last_finished_stage(self) -> str | None:

@@ -23,7 +23,8 @@ from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel
-from .arguments import SCEGGTrainingArguments
+from ..data.synthetic import SyntheticConfig
+from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import train_and_evaluate_classifiers
 from .common import RunContext, silence_noisy_loggers
@@ -35,6 +36,20 @@ logger = get_logger(__name__)
 
 PROTOCOL = "fixed schedule: the last epoch of every stage is reported; nothing is selected on test data"
 _CACHE_FILE, _PROGRESS_FILE = "cache.safetensors", "progress.json"
+
+
+def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
+    """The run's dataset; converted once (by the main process first) and memory-mapped."""
+    extra = {}
+    if args.synthetic_overrides:
+        if args.dataset != "synthetic":
+            raise ValueError(f"--synthetic_overrides only applies to --dataset synthetic, not {args.dataset!r}")
+        fields = parse_key_values(args.synthetic_overrides, "--synthetic_overrides")
+        try:
+            extra["synthetic_config"] = SyntheticConfig(**fields)
+        except TypeError as error:
+            raise ValueError(f"--synthetic_overrides: {error}") from error
+    return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **extra)
 
 
 def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
@@ -125,7 +140,7 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     _check_output_dir(args, checkpoints)
     set_seed(args.seed)
     with tracker.main_process_first():
-        data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
+        data = load_data(args)
     config = build_config(data, args.model_config_overrides())
     finished = checkpoints.last_finished_stage() if args.resume else None
     if finished:

@@ -1,0 +1,124 @@
+"""End-to-end training on tiny synthetic data: outputs, consistency of the saved model with the
+reported metrics, resume after a hard kill, and the refusal to mix runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_scegg import SCEGGModel
+from modeling_scegg.evaluation import mean_per_class_accuracy
+from modeling_scegg.training import parse_training_args, run_pipeline
+from modeling_scegg.training.pipeline import load_data
+
+TINY_DATA = ["num_classes=10", "num_unseen=3", "num_val=2", "num_attributes=8", "num_regions=4",
+             "feature_dim=16", "word_dim=12", "train_images_per_class=12",
+             "test_seen_images_per_class=4", "test_unseen_images_per_class=6"]
+TINY_MODEL = ["encoder_hidden_dim=32", "generator_hidden_dim=32", "critic_hidden_dim=32",
+              "decoder_hidden_dim=32", "regression_hidden_dim=16"]
+
+
+def tiny_argv(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return ["--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
+            "--synthetic_overrides", *TINY_DATA, "--model_overrides", *TINY_MODEL,
+            "--stage1_iters", "24", "--stage2_iters", "12", "--stage3_epochs", "3",
+            "--classifier_epochs", "3", "--syn_num", "20", "--batch_size", "16",
+            "--checkpoint_every", "4", "--eval_batch_size", "32", "--log_with", "none", *extra]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("scegg_cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("run")
+    args = parse_training_args(tiny_argv(out, cache_dir, "--published_protocol", "true"))
+    return out, run_pipeline(args), args
+
+
+def test_outputs_of_a_run(finished_run):
+    out, results, _ = finished_run
+    for name in ("config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+                 "README.md", "results.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pkl"))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["czsl_acc"] == results["czsl_acc"]
+    assert set(saved["stage_seconds"]) == {"stage1", "stage2", "stage3", "classifiers"}
+    assert "fixed schedule" in saved["protocol"]
+    assert "TEST" in saved["published_protocol"]["label"]
+    for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
+        assert 0.0 <= saved[key] <= 100.0
+    for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "after_classifiers"]
+
+
+def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):
+    """Reload the checkpoint, classify the raw test region features, recompute the metrics."""
+    out, results, args = finished_run
+    model = SCEGGModel.from_pretrained(out).eval()
+    data = load_data(args)
+    assert results["num_test_seen"] == len(data.splits["test_seen"])
+    assert results["num_test_unseen"] == len(data.splits["test_unseen"])
+    unseen = np.asarray(model.config.unseen_class_ids)
+
+    def predict(split):
+        ds = data.splits[split].with_format("numpy")
+        with torch.no_grad():
+            output = model(torch.from_numpy(np.asarray(ds["region_features"], dtype=np.float32)))
+        return output, np.asarray(ds["label"])
+
+    seen_out, seen_y = predict("test_seen")
+    unseen_out, unseen_y = predict("test_unseen")
+    czsl = mean_per_class_accuracy(unseen[unseen_out.czsl_logits.argmax(-1).numpy()], unseen_y)
+    u = mean_per_class_accuracy(unseen_out.logits.argmax(-1).numpy(), unseen_y)
+    s = mean_per_class_accuracy(seen_out.logits.argmax(-1).numpy(), seen_y)
+    assert 100 * czsl == pytest.approx(results["czsl_acc"], abs=1e-6)
+    assert 100 * u == pytest.approx(results["gzsl_unseen"], abs=1e-6)
+    assert 100 * s == pytest.approx(results["gzsl_seen"], abs=1e-6)
+
+
+def test_fresh_run_refuses_to_mix_with_old_checkpoints(finished_run, cache_dir):
+    out, _, _ = finished_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_pipeline(parse_training_args(tiny_argv(out, cache_dir)))
+
+
+def _kill_when(process: subprocess.Popen, pattern: str, folder: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(folder.glob(pattern)):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {pattern} appeared:\n{process.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"{pattern} never appeared")
+
+
+@pytest.mark.parametrize("kill_at", ["stage1/step_*", "stage3/step_*"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, kill_at):
+    reference = run_pipeline(parse_training_args(tiny_argv(tmp_path / "reference", cache_dir)))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "modeling_scegg.cli", "train", *tiny_argv(out, cache_dir)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _kill_when(process, kill_at, out / "checkpoints")
+    assert not (out / "results.json").exists()
+    resumed = run_pipeline(parse_training_args(tiny_argv(out, cache_dir, "--resume", "true")))
+    for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
+        assert resumed[key] == reference[key], key
+    a = SCEGGModel.from_pretrained(tmp_path / "reference").state_dict()
+    b = SCEGGModel.from_pretrained(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
