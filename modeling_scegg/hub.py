@@ -35,19 +35,21 @@ SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.i
                        "README.md", "results.json")
 
 RESULT_KEYS = {
-    # key in results: (setting, metric shown, metric_type, split)
-    "czsl_accuracy": ("CZSL", "Acc (unseen classes)", "accuracy", "test_unseen"),
-    "gzsl_unseen_accuracy": ("GZSL", "U (unseen accuracy)", "accuracy", "test_unseen"),
-    "gzsl_seen_accuracy": ("GZSL", "S (seen accuracy)", "accuracy", "test_seen"),
-    "gzsl_harmonic_mean": ("GZSL", "H (harmonic mean of U and S)", "harmonic_mean", "test_seen+test_unseen"),
+    # key in results.json (percent): (setting, metric shown, metric_type, split)
+    "czsl_acc": ("CZSL", "Acc (unseen classes)", "accuracy", "test_unseen"),
+    "gzsl_unseen": ("GZSL", "U (unseen accuracy)", "accuracy", "test_unseen"),
+    "gzsl_seen": ("GZSL", "S (seen accuracy)", "accuracy", "test_seen"),
+    "gzsl_h": ("GZSL", "H (harmonic mean of U and S)", "harmonic_mean", "test_seen+test_unseen"),
 }
+REPO_PLACEHOLDER = "ORG/NAME"  # the usage snippet's repo id until push_model knows the real one
+H_TOLERANCE = 0.1  # percentage points between a reported H and 2 U S / (U + S)
 PROTOCOLS = {
     "fixed": ("honest, fixed schedule",
-              "Every stage ran a fixed number of iterations/epochs and the last one was kept; the test "
-              "set was used once, for these numbers."),
+              "Every stage ran a fixed number of iterations/epochs and the last one was kept; nothing was "
+              "selected on the test set."),
     "validation": ("honest, validation selection",
                    "Epochs were selected on a validation split of the seen classes (xlsa17 train_loc / "
-                   "val_loc, val classes as pseudo-unseen); the test set was used once, for these numbers."),
+                   "val_loc, val classes as pseudo-unseen); nothing was selected on the test set."),
     "published": ("published protocol, test-selected",
                   "As in the authors' code, the best epoch was chosen by TEST accuracy. This is selection "
                   "on the test set: the numbers are optimistic and not comparable with honest results."),
@@ -57,7 +59,7 @@ CARD_TAGS = ["sc-egg", "zero-shot-learning", "generalized-zero-shot-learning", "
 FEATURE_DATASET_COLUMNS = {
     "features": ("region_features", "label"),
     "classes": ("class_id", "class_name", "attributes", "is_unseen"),
-    "attributes": ("attribute_name", "word_vector"),
+    "attributes": ("attribute_name",),  # word_vector only where the benchmark has word vectors
 }
 
 
@@ -85,11 +87,12 @@ def build_model_card(
 ) -> ModelCard:
     """Write ``output_dir/README.md`` from the card template and return the ``ModelCard``.
 
-    ``results`` holds the four numbers as fractions in [0, 1] under ``RESULT_KEYS`` (the card
-    shows percent), optionally with a ``"published_protocol"`` mapping of the same keys for the
-    test-selected numbers, which only the card text shows, labelled. ``protocol`` names how the
-    main numbers (the model-index) were selected: one of ``PROTOCOLS``. The sizes come from
-    ``output_dir/config.json``.
+    ``results`` is what training writes to results.json: the four numbers in percent under
+    ``RESULT_KEYS``, optionally with a ``"published_protocol"`` mapping of the same keys for the
+    test-selected numbers, which only the card text shows, labelled. Other keys are ignored.
+    ``protocol`` names how the main numbers (the model-index) were selected: one of
+    ``PROTOCOLS``. The sizes come from ``output_dir/config.json``. Without ``repo_id`` the usage
+    snippet names ``REPO_PLACEHOLDER``, which ``push_model`` replaces with the repo it pushes to.
     """
     folder = Path(output_dir)
     config = _read_config(folder)
@@ -123,7 +126,7 @@ def build_model_card(
         card_data,
         template_path=str(template),
         model_name=model_name,
-        repo_id=repo_id or "ORG/NAME",
+        repo_id=repo_id or REPO_PLACEHOLDER,
         dataset_name=dataset_name,
         feature_extractor=feature_extractor,
         protocol_label=protocol_label,
@@ -157,19 +160,24 @@ def _read_config(folder: Path) -> dict:
 
 
 def _result_values(results: Mapping[str, Any], where: str) -> dict[str, float]:
-    """The four metrics as percent, after checking they are fractions (a percent passed by
-    mistake would otherwise show as 6850 %)."""
+    """The four metrics (percent), checked: present, in [0, 100], and H consistent with U and S,
+    which catches numbers copied from different runs or epochs into one card."""
     missing = [key for key in RESULT_KEYS if key not in results]
     if missing:
-        raise ValueError(f"{where} lacks {missing}; expected fractions in [0, 1] under {list(RESULT_KEYS)}")
+        raise ValueError(f"{where} lacks {missing}; expected percentages under {list(RESULT_KEYS)}")
     values = {}
     for key in RESULT_KEYS:
         value = results[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{where}[{key!r}] must be a fraction in [0, 1], got {value!r}")
-        values[key] = round(100.0 * float(value), 2)
-    return values
+                or not 0.0 <= value <= 100.0:
+            raise ValueError(f"{where}[{key!r}] must be a percentage in [0, 100], got {value!r}")
+        values[key] = float(value)
+    unseen, seen = values["gzsl_unseen"], values["gzsl_seen"]
+    expected_h = 2 * unseen * seen / (unseen + seen) if unseen + seen > 0 else 0.0
+    if abs(values["gzsl_h"] - expected_h) > H_TOLERANCE:
+        raise ValueError(f"{where}: gzsl_h {values['gzsl_h']:.3f} is not the harmonic mean of gzsl_unseen "
+                         f"{unseen:.3f} and gzsl_seen {seen:.3f} (expected {expected_h:.3f})")
+    return {key: round(value, 2) for key, value in values.items()}
 
 
 def _eval_results(values: dict[str, float], dataset_name: str, protocol_label: str) -> list[EvalResult]:
@@ -306,9 +314,14 @@ def push_model(
 ) -> str:
     """Push a saved SC-EGG model (config, safetensors weights, modeling code, card, results) to
     ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files of the
-    output folder stay local; pickled weights make the push fail rather than be skipped quietly."""
+    output folder stay local; pickled weights make the push fail rather than be skipped quietly.
+    A card built without a repo id gets ``repo_id`` in its usage snippet first."""
     folder = Path(output_dir)
     files = model_files_to_push(folder)
+    readme = folder / "README.md"
+    card_text = readme.read_text(encoding="utf-8")
+    if f'"{REPO_PLACEHOLDER}"' in card_text:
+        _atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(

@@ -32,8 +32,9 @@ from modeling_scegg.hub import (
     model_files_to_push,
 )
 
-RESULTS = {"czsl_accuracy": 0.7512, "gzsl_unseen_accuracy": 0.6413, "gzsl_seen_accuracy": 0.7361,
-           "gzsl_harmonic_mean": 0.6849}
+RESULTS = {"czsl_acc": 75.123, "gzsl_unseen": 64.1, "gzsl_seen": 73.6, "gzsl_h": 2 * 64.1 * 73.6 / (64.1 + 73.6),
+           "chance_czsl": 50.0, "protocol": "fixed schedule"}
+METRICS = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h")
 TRAINING_ARGS = {"seed": 3, "stage1": {"iterations": 20, "lr": 1e-4}, "stage3": {"epochs": 2}}
 EXTRACTOR = "random ResNet-like test backbone"
 
@@ -60,7 +61,8 @@ def _usage_snippet(card_text: str) -> str:
 # -- model card -------------------------------------------------------------------------------------
 def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     folder = _save_model(tiny_model, tmp_path / "out")
-    published = {key: value + 0.01 for key, value in RESULTS.items()}
+    published = {"label": "test-selected", "czsl_acc": 76.0, "gzsl_unseen": 65.0, "gzsl_seen": 75.0,
+                 "gzsl_h": 2 * 65.0 * 75.0 / 140.0, "czsl_epoch": 3, "gzsl_epoch": 4}
     _card(folder, results={**RESULTS, "published_protocol": published})
     card = ModelCard.load(folder / "README.md")
     data = card.data
@@ -72,10 +74,10 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     metrics = {(r.metric_type, r.dataset_split, r.metric_name): r.metric_value for r in data.eval_results}
     assert len(metrics) == 4, "only the main protocol's four numbers belong in the model-index"
     by_prefix = {name.split(" [")[0]: value for (_, _, name), value in metrics.items()}
-    assert by_prefix == {"CZSL Acc (unseen classes)": round(100 * RESULTS["czsl_accuracy"], 2),
-                         "GZSL U (unseen accuracy)": round(100 * RESULTS["gzsl_unseen_accuracy"], 2),
-                         "GZSL S (seen accuracy)": round(100 * RESULTS["gzsl_seen_accuracy"], 2),
-                         "GZSL H (harmonic mean of U and S)": round(100 * RESULTS["gzsl_harmonic_mean"], 2)}
+    assert by_prefix == {"CZSL Acc (unseen classes)": round(RESULTS["czsl_acc"], 2),
+                         "GZSL U (unseen accuracy)": round(RESULTS["gzsl_unseen"], 2),
+                         "GZSL S (seen accuracy)": round(RESULTS["gzsl_seen"], 2),
+                         "GZSL H (harmonic mean of U and S)": round(RESULTS["gzsl_h"], 2)}
     assert all("[honest, validation selection]" in name for (_, _, name) in metrics)
     assert {(t, s) for (t, s, _) in metrics} == {("accuracy", "test_unseen"), ("accuracy", "test_seen"),
                                                 ("harmonic_mean", "test_seen+test_unseen")}
@@ -84,7 +86,7 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     config_block = re.search(r"```json\n(.*?)```", text, flags=re.S).group(1)
     assert json.loads(config_block) == TRAINING_ARGS
     assert EXTRACTOR in text and "published protocol (test-selected" in text.lower()
-    assert f"| {100 * published['gzsl_harmonic_mean']:.2f} |" in text
+    assert f"| {published['gzsl_h']:.2f} |" in text and f"| {RESULTS['czsl_acc']:.2f} |" in text
     assert "pages     = {956--963}" in text and "IJCAI-22" in text
     assert f"`(batch, {tiny_model.config.num_regions}, {tiny_model.config.feature_dim})`" in text
 
@@ -98,8 +100,9 @@ def test_model_card_labels_test_selected_numbers(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(protocol="best"), "protocol must be one of"),
-    (dict(results={**RESULTS, "gzsl_harmonic_mean": 68.49}), "must be a fraction in"),
-    (dict(results={"czsl_accuracy": 0.5}), "lacks"),
+    (dict(results={**RESULTS, "czsl_acc": 175.1}), "must be a percentage in"),
+    (dict(results={**RESULTS, "gzsl_h": RESULTS["gzsl_h"] + 1.0}), "is not the harmonic mean"),
+    (dict(results={"czsl_acc": 50.0}), "lacks"),
     (dict(results={**RESULTS, "published_protocol": RESULTS}, protocol="published"), "already use"),
 ])
 def test_model_card_rejects_bad_input(tiny_model, tmp_path, change, message):
@@ -217,10 +220,24 @@ def test_dataset_layout_is_checked(tmp_path):
 
 # -- round trip through the Hub stand-in ----------------------------------------------------------------
 PUSH = r"""
-import json, sys
+import json
+import numpy as np
+from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
 from modeling_scegg.hub import push_feature_dataset, push_model
+
 urls = {"model": push_model("model_out", "alice/sc-egg-tiny"),
         "dataset": push_feature_dataset("feature_ds", "alice/sc-egg-tiny-features")}
+sizes = SyntheticConfig(num_classes=6, num_unseen=2, num_val=1, num_attributes=5, num_regions=3, feature_dim=4,
+                        word_dim=7, train_images_per_class=2, test_seen_images_per_class=1,
+                        test_unseen_images_per_class=2)
+original = load_zsl_dataset("synthetic", cache_dir="cache_push", synthetic_config=sizes)
+urls["synthetic"] = push_feature_dataset(original, "alice/synthetic-features")
+pulled = load_zsl_dataset("alice/synthetic-features", cache_dir="cache_pull")
+same = {split: bool(np.array_equal(np.asarray(original.splits[split]["region_features"]),
+                                   np.asarray(pulled.splits[split]["region_features"])))
+        for split in original.splits}
+same["attributes"] = bool(np.array_equal(original.semantics.attributes, pulled.semantics.attributes))
+urls["same"] = same
 print(json.dumps(urls))
 """
 
@@ -258,7 +275,8 @@ print(json.dumps({
 def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model, tmp_path):
     work = tmp_path / "work"
     folder = _save_model(tiny_model, work / "model_out")
-    _card(folder)
+    _card(folder, repo_id=None)  # as training writes it: push_model must fill in the repo id
+    assert '"ORG/NAME"' in (folder / "README.md").read_text()
     (folder / "checkpoints" / "stage1").mkdir(parents=True)
     (folder / "checkpoints" / "stage1" / "model.safetensors").write_bytes(b"stale")
     (folder / "optimizer.safetensors").write_bytes(b"optimizer state")
@@ -272,8 +290,10 @@ def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model,
                "dense_features": expected.dense_features}, str(work / "expected.safetensors"))
     ds_folder = _feature_dataset_folder(work / "feature_ds")
 
-    pushed = json.loads(run_client(PUSH, hub_endpoint.endpoint, work, name="push").stdout.strip().splitlines()[-1])
+    pushing = run_client(PUSH, hub_endpoint.endpoint, work, name="push", tolerated_hosts=(DATASET_VIEWER_HOST,))
+    pushed = json.loads(pushing.stdout.strip().splitlines()[-1])
     assert pushed["model"].startswith(f"{hub_endpoint.endpoint}/alice/sc-egg-tiny/commit/")
+    assert pushed["same"] and all(pushed["same"].values()), pushed["same"]
     model_repo = hub_endpoint.repos[("model", "alice/sc-egg-tiny")]
     assert sorted(model_repo.commits[model_repo.branches["main"]].files) == [
         ".gitattributes", "README.md", "config.json", "configuration_scegg.py", "model.safetensors",
@@ -284,7 +304,7 @@ def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model,
     report = json.loads(pulled.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules"), report["module"]
     assert report["identical"], "outputs changed between save and AutoModel.from_pretrained from the Hub"
-    assert sorted(report["metrics"].values()) == sorted(round(100 * v, 2) for v in RESULTS.values())
+    assert sorted(report["metrics"].values()) == sorted(round(RESULTS[k], 2) for k in METRICS)
     assert "custom_code" in report["tags"]
     assert pulled.stdout.count("GZSL: bird_") == 2, "the card's usage snippet did not run twice"
     assert report["splits"] == {"train": 3, "test_seen": 2, "test_unseen": 2}

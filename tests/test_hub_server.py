@@ -3,15 +3,21 @@
 Each client runs in a fresh subprocess pointed at the stand-in (HF_ENDPOINT is read at import
 time); the socket guard in ``run_client`` fails a test that tries to reach any other address.
 """
+import hashlib
+import http.client
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from hub_server import (  # noqa: F401 - fixtures are used by name
     DATASET_VIEWER_HOST,
     GUARD_MARKER,
+    HubError,
     HubStandIn,
     git_blob_oid,
     hub_endpoint,
@@ -156,9 +162,6 @@ def test_guard_refuses_other_addresses(hub_endpoint: HubStandIn, tmp_path: Path)
 
 
 def test_unknown_route_is_reported(hub_server: HubStandIn) -> None:
-    import urllib.error
-    import urllib.request
-
     before = len(hub_server.unknown_requests)
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(f"{hub_server.endpoint}/api/spaces/alice/x/runtime")
@@ -172,10 +175,45 @@ def test_commit_rejects_stale_parent_and_missing_lfs(hub_server: HubStandIn) -> 
     head = repo.branches["main"]
     line = {"key": "file", "value": {"path": "a.txt", "content": "YQ==", "encoding": "base64"}}
     hub_server.apply_commit(repo, "main", [{"key": "header", "value": {"summary": "a"}}, line])
-    from hub_server import HubError
-
     with pytest.raises(HubError, match="parentCommit"):
         hub_server.apply_commit(repo, "main", [{"key": "header", "value": {"summary": "b", "parentCommit": head}}])
     missing = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}}
     with pytest.raises(HubError, match="never uploaded"):
         hub_server.apply_commit(repo, "main", [{"key": "header", "value": {"summary": "c"}}, missing])
+
+
+def test_resolve_headers_and_ranges(hub_server: HubStandIn) -> None:
+    """What hf_hub_download / HfFileSystem rely on: X-Repo-Commit and ETag on every file, a
+    redirect with X-Linked-Etag / X-Linked-Size for LFS files, and byte ranges."""
+    weights = bytes(range(256)) * 8
+    commit = hub_server.add_files("model", "alice/ranges", {"notes.txt": b"0123456789", "w.safetensors": weights})
+    host, port = urlsplit(hub_server.endpoint).hostname, urlsplit(hub_server.endpoint).port
+
+    def request(method: str, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection(host, port, timeout=5)
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        response.body = response.read()
+        connection.close()
+        return response
+
+    head = request("HEAD", "/alice/ranges/resolve/main/notes.txt")
+    assert head.status == 200 and head.headers["X-Repo-Commit"] == commit.oid
+    assert head.headers["ETag"] == f'"{git_blob_oid(b"0123456789")}"' and head.headers["Content-Length"] == "10"
+    part = request("GET", "/alice/ranges/resolve/main/notes.txt", {"Range": "bytes=2-5"})
+    assert part.status == 206 and part.body == b"2345" and part.headers["Content-Range"] == "bytes 2-5/10"
+    assert request("GET", "/alice/ranges/resolve/main/notes.txt", {"Range": "bytes=-3"}).body == b"789"
+    assert request("GET", "/alice/ranges/resolve/main/notes.txt", {"Range": "bytes=20-"}).status == 416
+
+    lfs = request("HEAD", f"/alice/ranges/resolve/{commit.oid}/w.safetensors")
+    sha256 = hashlib.sha256(weights).hexdigest()
+    assert lfs.status == 302 and lfs.headers["X-Linked-Etag"] == f'"{sha256}"'
+    assert lfs.headers["X-Linked-Size"] == str(len(weights))
+    storage = urlsplit(lfs.headers["Location"])
+    assert storage.hostname == "localhost", "LFS bytes must come from another origin, like the Hub's CDN"
+    blob = request("GET", storage.path, {"Range": "bytes=100-199"})
+    assert blob.status == 206 and blob.body == weights[100:200]
+    assert request("GET", storage.path, {"Authorization": "Bearer dummy"}).status == 400
+    missing = request("HEAD", "/alice/ranges/resolve/main/absent.txt")
+    assert missing.status == 404 and missing.headers["X-Error-Code"] == "EntryNotFound"
+    assert request("GET", "/alice/ranges/resolve/no-branch/notes.txt").headers["X-Error-Code"] == "RevisionNotFound"
