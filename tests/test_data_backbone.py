@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import ResNetConfig, ResNetModel
 
 from modeling_scegg.data.backbone import (
+    ImagePreprocessor,
     RegionFeatureExtractor,
     build_resnet101,
     convert_torchvision_resnet_state_dict,
@@ -268,17 +269,25 @@ def test_local_transformers_checkpoint_folder(tmp_path):
 
 
 def _reference_pixels(image: Image.Image, crop: int) -> np.ndarray:
-    """SPEC preprocessing by hand: short side -> crop (bilinear), centre crop, ImageNet mean/std."""
+    """torchvision's Resize(crop) / CenterCrop(crop) / ToTensor / Normalize, by hand.
+
+    Resize: short side -> crop, long side truncated; CenterCrop: offset round((size - crop) / 2)
+    (Python's round, half to even).
+    """
     width, height = image.size
-    scale = crop / min(width, height)
-    size = (crop, int(height * scale)) if width <= height else (int(width * scale), crop)
+    short, long = min(width, height), max(width, height)
+    new_long = int(crop * long / short)
+    size = (crop, new_long) if width <= height else (new_long, crop)
     resized = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    top, left = (resized.shape[0] - crop) // 2, (resized.shape[1] - crop) // 2
+    top = int(round((resized.shape[0] - crop) / 2.0))
+    left = int(round((resized.shape[1] - crop) / 2.0))
     cropped = resized[top : top + crop, left : left + crop]
     return ((cropped - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("size,mode", [((50, 40), "RGB"), ((40, 61), "L"), ((97, 64), "RGBA")])
+# (40, 44) -> 32 x 35: a margin of 3, where torchvision crops from row 2 and (size - crop) // 2
+# would crop from row 1.
+@pytest.mark.parametrize("size,mode", [((50, 40), "RGB"), ((40, 44), "RGB"), ((40, 61), "L"), ((97, 64), "RGBA")])
 def test_preprocessing_follows_spec(size, mode):
     rng = np.random.default_rng(0)
     channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
@@ -287,6 +296,21 @@ def test_preprocessing_follows_spec(size, mode):
     pixels = RegionFeatureExtractor(tiny_resnet(), crop_size=32, device="cpu").preprocess([image])
     assert pixels.shape == (1, 3, 32, 32)
     np.testing.assert_allclose(pixels[0].numpy(), _reference_pixels(image, 32), atol=1e-5)
+
+
+def test_preprocessor_refuses_a_crop_larger_than_the_resize():
+    with pytest.raises(ValueError, match="crop_size=64, resize_size=32"):
+        ImagePreprocessor(crop_size=64, resize_size=32)
+
+
+def test_resize_then_smaller_crop_like_imagenet_eval():
+    image = _images(1)[0]
+    pixels = ImagePreprocessor(crop_size=32, resize_size=40)([image])
+    assert pixels.shape == (1, 3, 32, 32)
+    width, height = image.size  # 50 x 40 -> 50 x 40 at short side 40, crop offsets (4, 9)
+    resized = np.asarray(image.resize((50, 40), Image.BILINEAR), dtype=np.float32) / 255.0
+    expected = ((resized[4:36, 9:41] - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    np.testing.assert_allclose(pixels[0].numpy(), expected, atol=1e-5)
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:

@@ -22,8 +22,9 @@ L2-normalised, as in xlsa17's ``att``.
 classes' images form ``test_unseen`` and each seen class's images are split deterministically
 (``seed``) into ``trainval`` and ``test_seen`` (``test_seen_fraction`` per class).
 
-``attribute_vectors_file`` (optional) holds the (A, dv) attribute word vectors as ``.npy``
-(read with ``allow_pickle=False``) or ``.safetensors`` (a single tensor).
+``attribute_vectors_file`` (optional) holds the (A, dv) attribute word vectors, rows in the
+order of the attribute columns, in any format :func:`~.word_vectors.load_word_vectors` reads
+(``.npy`` without pickle, ``.safetensors``, or a restricted-unpickled ``.pkl``).
 
 Output
 ------
@@ -63,16 +64,17 @@ from datasets import Dataset
 from PIL import Image, UnidentifiedImageError
 from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
-from transformers import BitImageProcessorPil, ResNetModel
+from transformers import ResNetModel
 
 from .backbone import (
     DEFAULT_CROP_SIZE,
+    ImagePreprocessor,
     RegionFeatureExtractor,
     build_resnet101,
     model_fingerprint,
-    preprocess_images,
 )
 from .store import load_split, region_feature_features, write_split
+from .word_vectors import load_word_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -260,36 +262,23 @@ def read_splits_file(path: str | os.PathLike, images: dict[str, list[str]], tabl
 
 
 def read_attribute_vectors(path: str | os.PathLike, num_attributes: int) -> np.ndarray:
-    """(A, dv) float32 word vectors from .npy (no pickle) or a single-tensor .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"attribute vectors file not found: {path}")
-    if path.suffix == ".npy":
-        vectors = np.load(path, allow_pickle=False)
-    elif path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        tensors = load_file(path)
-        if len(tensors) != 1:
-            raise ValueError(f"{path} must hold exactly one tensor (A, dv), got {sorted(tensors)}")
-        vectors = next(iter(tensors.values()))
-    else:
-        raise ValueError(f"unsupported attribute vectors file {path}: expected .npy or .safetensors")
-    if vectors.ndim != 2 or vectors.shape[0] != num_attributes:
+    """(A, dv) float32 word vectors, one row per attribute column of the class file."""
+    vectors = load_word_vectors(path)
+    if vectors.shape[0] != num_attributes:
         raise ValueError(f"{path}: expected shape ({num_attributes}, dv), got {vectors.shape}")
-    return vectors.astype(np.float32)
+    return vectors
 
 
 class _ImageFiles(torch.utils.data.Dataset):
     """Decoding and preprocessing, so DataLoader workers can keep a GPU fed.
 
-    It holds the image processor only, never the model: workers started by spawn pickle it.
+    It holds the preprocessing only, never the model: workers started by spawn pickle it.
     """
 
-    def __init__(self, image_dir: Path, files: list[str], processor: BitImageProcessorPil):
+    def __init__(self, image_dir: Path, files: list[str], preprocess: ImagePreprocessor):
         self.image_dir = image_dir
         self.files = files
-        self.processor = processor
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.files)
@@ -301,7 +290,7 @@ class _ImageFiles(torch.utils.data.Dataset):
                 image = image.convert("RGB")
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"cannot read image {path}: {error}") from error
-        return preprocess_images(self.processor, [image])[0]
+        return self.preprocess([image])[0]
 
 
 def _extract_chunk(
@@ -312,7 +301,9 @@ def _extract_chunk(
     bar: tqdm,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Regions (n, R, D) float16 and global features (n, D) float32 of one chunk of images."""
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        images, batch_size=batch_size, num_workers=num_workers, pin_memory=extractor.device.type == "cuda"
+    )
     regions, pooled = [], []
     for pixel_values in loader:
         features = extractor.extract_pixel_values(pixel_values)
@@ -399,7 +390,7 @@ def _extract_all(
         for split, chunk in todo:
             files = _chunk_files(splits[split], chunk, chunk_size)
             regions, pooled = _extract_chunk(
-                extractor, _ImageFiles(image_dir, files, extractor.processor), batch_size, num_workers, bar
+                extractor, _ImageFiles(image_dir, files, extractor.preprocess), batch_size, num_workers, bar
             )
             regions_path, pooled_path = _shard_paths(work_dir, split, chunk)
             _save_npy(pooled_path, pooled)
