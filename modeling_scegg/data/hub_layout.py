@@ -138,9 +138,9 @@ def save_zsl_dataset_to_hub_layout(ds: ZSLDataset, folder: str | os.PathLike) ->
     return folder
 
 
-def _load_table(path_or_id: str, config: str, revision: str | None) -> Dataset:
+def _load_table(path_or_id: str, config: str, revision: str | None, cache_dir: Path) -> Dataset:
     """A small table config, read whole (it has one row per class or attribute)."""
-    stream = load_dataset(path_or_id, config, split=TABLE_SPLIT, streaming=True, revision=revision)
+    stream = load_dataset(path_or_id, config, split=TABLE_SPLIT, streaming=True, revision=revision, cache_dir=str(cache_dir))
     return Dataset.from_list(list(stream), features=stream.features)
 
 
@@ -180,16 +180,25 @@ def convert_hub_layout(path_or_id: str, out_dir: str | os.PathLike, revision: st
     ``is_unseen`` column must agree with the unseen classes derived from test_unseen.
     """
     out_dir = Path(out_dir)
+    # datasets keeps locks and metadata in its cache even when streaming: keep them with ours.
+    hf_cache = out_dir / ".hf_datasets_cache"
+    try:
+        return _convert_hub_layout(path_or_id, out_dir, revision, hf_cache)
+    finally:
+        shutil.rmtree(hf_cache, ignore_errors=True)
+
+
+def _convert_hub_layout(path_or_id: str, out_dir: Path, revision: str | None, hf_cache: Path) -> tuple[ClassSemantics, dict]:
     source = f"{path_or_id}" + (f"@{revision}" if revision else "")
-    classes = _load_table(path_or_id, CLASSES_CONFIG, revision)
+    classes = _load_table(path_or_id, CLASSES_CONFIG, revision, hf_cache)
     order = np.argsort(np.asarray(_column(classes, "class_id", f"{source} ({CLASSES_CONFIG})")), kind="stable")
     classes = classes.select(order)
     ids = np.asarray(classes["class_id"])
     if not np.array_equal(ids, np.arange(len(ids))):
         raise ValueError(f"{source} ({CLASSES_CONFIG}): class_id must run 0..C-1 without gaps, got {ids[:10].tolist()}")
     class_names = list(_column(classes, "class_name", f"{source} ({CLASSES_CONFIG})"))
-    table = _load_table(path_or_id, ATTRIBUTES_CONFIG, revision)
-    splits = feature_splits(path_or_id, revision)
+    table = _load_table(path_or_id, ATTRIBUTES_CONFIG, revision, hf_cache)
+    splits = feature_splits(path_or_id, revision, hf_cache)
     missing = [s for s in REQUIRED_SPLITS if s not in splits]
     if missing:
         raise ValueError(f"{source} ({FEATURES_CONFIG}): missing splits {missing}, found {sorted(splits)}")
@@ -223,6 +232,6 @@ def convert_hub_layout(path_or_id: str, out_dir: str | os.PathLike, revision: st
     return semantics, {}
 
 
-def feature_splits(path_or_id: str, revision: str | None = None) -> dict[str, IterableDataset]:
+def feature_splits(path_or_id: str, revision: str | None, cache_dir: Path) -> dict[str, IterableDataset]:
     """The ``features`` config as streamed splits (Parquet is read directly, no Arrow copy)."""
-    return dict(load_dataset(path_or_id, FEATURES_CONFIG, streaming=True, revision=revision))
+    return dict(load_dataset(path_or_id, FEATURES_CONFIG, streaming=True, revision=revision, cache_dir=str(cache_dir)))

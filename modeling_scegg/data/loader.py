@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from datasets import DatasetDict
@@ -26,6 +26,9 @@ from .hub_layout import convert_hub_layout
 from .semantics import ClassSemantics, ZSLDataset, build_semantics, clip_negative
 from .synthetic import SyntheticConfig, write_synthetic_splits
 from .xlsa17 import StandardFiles, convert_standard, find_standard_files
+
+if TYPE_CHECKING:
+    from transformers import ResNetModel
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +116,23 @@ def _load_hub_layout(path_or_id: str, cache_dir: Path, revision: str | None) -> 
     return _materialise(out_dir, name, lambda out: convert_hub_layout(path_or_id, out, revision), {"hub_layout": parts})
 
 
+def _backbone_identity(backbone) -> object:
+    """What identifies the backbone weights in the cache key: the file, the Hub id, or the weights' hash."""
+    if backbone is None or isinstance(backbone, str) and not Path(backbone).exists():
+        return backbone
+    if isinstance(backbone, (str, os.PathLike)):
+        path = Path(backbone)
+        return folder_fingerprint(path) if path.is_dir() else file_fingerprint(path)
+    from .backbone import model_fingerprint
+
+    return model_fingerprint(backbone)
+
+
 def _load_images(
     image_dir: str,
     cache_dir: Path,
     class_attributes_file: str | os.PathLike,
-    image_backbone: str | None,
+    image_backbone,
     image_options: dict,
 ) -> ZSLDataset:
     """Delegate to :func:`.images.load_image_folder`, which caches and resumes on its own."""
@@ -128,7 +143,7 @@ def _load_images(
         "image_dir": str(Path(image_dir).resolve()),
         "class_attributes_file": file_fingerprint(Path(class_attributes_file)),
         "splits_file": file_fingerprint(options.get("splits_file") and Path(options["splits_file"])),
-        "backbone": str(image_backbone),
+        "backbone": _backbone_identity(image_backbone),
         "options": {k: v for k, v in options.items() if k in ("crop_size", "resize_size", "test_seen_fraction", "seed")},
     }
     out_dir = cache_dir / f"images-{_safe_name(Path(image_dir).resolve().name)}-{_digest(parts)}"
@@ -155,7 +170,7 @@ def load_zsl_dataset(
     clip_negative_attributes: bool = False,
     synthetic_config: SyntheticConfig | None = None,
     revision: str | None = None,
-    image_backbone: str | None = None,
+    image_backbone: str | os.PathLike | ResNetModel | None = None,
     class_attributes_file: str | os.PathLike | None = None,
     image_options: dict | None = None,
 ) -> ZSLDataset:
@@ -167,8 +182,9 @@ def load_zsl_dataset(
     * ``"CUB"``, ``"SUN"``, ``"AWA2"`` (or ``"AWA1"``): the xlsa17 files + region HDF5 + word
       vectors under ``data_dir`` (layout in :mod:`.xlsa17`);
     * an image folder, when ``class_attributes_file`` is given: ResNet-101 region features are
-      extracted with ``image_backbone`` weights (see :mod:`.images`; ``image_options`` are
-      passed to :func:`.images.load_image_folder`);
+      extracted with ``image_backbone`` (a torchvision ResNet-101 file, a transformers ResNet
+      folder / Hub id, a built ``ResNetModel``, or None for random weights in tests; see
+      :mod:`.images`); ``image_options`` go to :func:`.images.load_image_folder`;
     * a local folder or Hub dataset id in the layout of :mod:`.hub_layout` (``revision`` pins
       a Hub commit).
 

@@ -121,7 +121,8 @@ def _check_batch(batch: dict[str, np.ndarray], features: Features, index: int, w
 
 def _to_float16(values: np.ndarray, field: str, index: int, where: str) -> np.ndarray:
     """Cast to float16, refusing NaN/Inf and values that float16 cannot hold (they would become Inf)."""
-    converted = np.ascontiguousarray(values, dtype=np.float16)
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(values, dtype=np.float16)
     if np.isfinite(converted).all():
         return converted
     if not np.isfinite(values).all():
@@ -138,6 +139,20 @@ def _batch_table(batch: dict[str, np.ndarray], features: Features) -> pa.Table:
         pooled = batch[GLOBAL_COLUMN]
         columns[GLOBAL_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), pooled.shape[1])
     return pa.table(columns, schema=features.arrow_schema)
+
+
+def _flush(writer: ArrowWriter, pending: list[dict[str, np.ndarray]], features: Features, rows_per_batch: int | None) -> None:
+    """Write the pending rows in whole record batches (all of them when ``rows_per_batch`` is None)."""
+    if not pending:
+        return
+    rows = pending[0] if len(pending) == 1 else {key: np.concatenate([b[key] for b in pending]) for key in pending[0]}
+    total = len(rows[LABEL_COLUMN])
+    cut = total if rows_per_batch is None else total - total % rows_per_batch
+    pending.clear()
+    if cut:
+        writer.write_table(_batch_table({k: v[:cut] for k, v in rows.items()}, features))
+    if cut < total:
+        pending.append({k: v[cut:] for k, v in rows.items()})
 
 
 def _replace_dir(source: Path, target: Path) -> None:
@@ -173,15 +188,18 @@ def write_split(
     where = f"write_split({out_dir})"
     try:
         writer = ArrowWriter(features=features, path=str(tmp_dir / ARROW_FILE_NAME), writer_batch_size=rows_per_record_batch)
-        written = 0
+        written, pending = 0, []
         with tqdm(total=num_rows, desc=desc or f"writing {out_dir.name}", unit="img") as bar:
             for index, batch in enumerate(batches):
                 checked = _check_batch(batch, features, index, where)
+                pending.append(checked)
                 n = len(checked[LABEL_COLUMN])
-                if n:
-                    writer.write_table(_batch_table(checked, features))
+                # Small incoming batches are gathered into full record batches (fewer, even chunks).
+                if sum(len(b[LABEL_COLUMN]) for b in pending) >= rows_per_record_batch:
+                    _flush(writer, pending, features, rows_per_record_batch)
                 written += n
                 bar.update(n)
+            _flush(writer, pending, features, None)
         writer.finalize()
         if num_rows is not None and written != num_rows:
             raise ValueError(f"{where}: expected {num_rows} rows, the batches held {written}")

@@ -32,6 +32,7 @@ LOC_FIELDS = ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "
 MAIN_LOC_FIELDS = LOC_FIELDS[:3]
 # Blocks of ~64 MiB of float32 feature maps bound the memory used while converting.
 _READ_BLOCK_BYTES = 64 * 2**20
+_MAX_BLOCK_IMAGES = 4096  # h5py point selections get slow with very many points
 
 
 @dataclass
@@ -189,7 +190,7 @@ class RegionHDF5:
         return np.asarray(self._file[name]) if name in self._file else None
 
     def block_size(self) -> int:
-        return max(1, _READ_BLOCK_BYTES // (self.feature_dim * self.num_regions * 4))
+        return int(np.clip(_READ_BLOCK_BYTES // (self.feature_dim * self.num_regions * 4), 1, _MAX_BLOCK_IMAGES))
 
     def iter_regions(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         """(n, R, D) float32 region blocks for ascending ``indices``, a bounded block at a time."""
@@ -199,8 +200,9 @@ class RegionHDF5:
         step = self.block_size()
         for begin in range(0, len(indices), step):
             block = indices[begin : begin + step]
-            if block[-1] - block[0] + 1 == len(block):
-                maps = self._maps[int(block[0]) : int(block[-1]) + 1]
+            span = int(block[-1] - block[0]) + 1
+            if span <= 2 * len(block):  # dense block: one contiguous read beats h5py point selection
+                maps = self._maps[int(block[0]) : int(block[-1]) + 1][block - block[0]]
             else:
                 maps = self._maps[block]
             maps = np.asarray(maps, dtype=np.float32).reshape(len(block), self.feature_dim, self.num_regions)
