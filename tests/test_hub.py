@@ -272,6 +272,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model, tmp_path):
     work = tmp_path / "work"
     folder = _save_model(tiny_model, work / "model_out")

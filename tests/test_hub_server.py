@@ -52,6 +52,7 @@ big_path = hf_hub_download("alice/files", "nested/big.dat")
 snapshot = Path(snapshot_download("alice/files"))
 info = api.model_info("alice/files", files_metadata=True)
 first_file = hf_hub_download("alice/files", "single.txt", revision=first.oid)
+paths = api.get_paths_info("alice/files", ["nested", "notes.txt", "absent.txt"])
 errors = {}
 for label, call in {
     "entry": lambda: hf_hub_download("alice/files", "missing.txt"),
@@ -71,6 +72,7 @@ print(json.dumps({
     "lfs": sorted(s.rfilename for s in info.siblings if s.lfs is not None),
     "sha": info.sha, "second": second.oid, "again": again.oid,
     "first_file": Path(first_file).read_text(),
+    "paths": sorted(f"{type(p).__name__}:{p.path}" for p in paths),
     "errors": errors,
 }))
 """
@@ -89,11 +91,12 @@ def test_hub_client_upload_and_download(hub_endpoint: HubStandIn, tmp_path: Path
     assert report["lfs"] == ["nested/big.dat", "weights.safetensors"]
     assert report["sha"] == report["second"] == report["again"], "an unchanged upload must not commit"
     assert report["first_file"] == "one line\n"
+    assert report["paths"] == ["RepoFile:notes.txt", "RepoFolder:nested"]
     assert report["errors"] == {"entry": "RemoteEntryNotFoundError", "repo": "RepositoryNotFoundError",
                                 "revision": "RevisionNotFoundError"}
     routes = hub_endpoint.served_routes()
     for route in ("POST preupload", "POST lfs_batch", "PUT lfs_upload", "POST lfs_verify", "POST commit",
-                  "HEAD resolve", "GET lfs_object", "GET tree", "GET info"):
+                  "HEAD resolve", "GET lfs_object", "GET tree", "GET info", "POST paths_info"):
         assert route in routes, f"{route} was never exercised: {routes}"
     stored = hub_endpoint.repos[("model", "alice/files")]
     head = stored.commits[stored.branches["main"]]
@@ -130,6 +133,7 @@ print(json.dumps({"identical": bool(torch.equal(output, expected)), "rows": tabl
 """
 
 
+@pytest.mark.slow
 def test_transformers_and_datasets_round_trip(hub_endpoint: HubStandIn, tmp_path: Path) -> None:
     run_client(TRANSFORMERS_PUSH, hub_endpoint.endpoint, tmp_path, name="push")
     pulled = run_client(TRANSFORMERS_PULL, hub_endpoint.endpoint, tmp_path, name="pull",
