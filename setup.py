@@ -29,6 +29,8 @@ setup(
         "tqdm>=4.66",
         "scikit-learn>=1.4",
         "pillow>=10.0",
+        "jinja2>=3.0",
+        "threadpoolctl>=3.0",
     ],
     extras_require={
         "tests": ["pytest>=8.0", "tensorboard>=2.15"],

@@ -220,10 +220,14 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
     os.replace(tmp, out / "results.json")
     if ctx.args.plots:
         write_plots(ctx, data, caches, out / "plots")
-    build_model_card(out, results, dataset_name=data.name, training_args=results["training_args"],
+    public_args = {k: v for k, v in results["training_args"].items() if k not in _LOCAL_PATHS}
+    build_model_card(out, results, dataset_name=data.name, training_args=public_args,
                      feature_extractor=_feature_extractor(data), protocol="fixed")
     if ctx.args.push_to_hub:
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
+
+
+_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config")  # machine-specific, kept out of public cards
 
 
 def _feature_extractor(data: ZSLDataset) -> str:
