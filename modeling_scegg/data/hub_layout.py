@@ -31,11 +31,11 @@ from .store import (
     GLOBAL_COLUMN,
     LABEL_COLUMN,
     REGION_COLUMN,
-    _replace_dir,
-    _values_of,
     load_split,
     region_feature_features,
     region_shape,
+    region_values,
+    replace_dir,
     write_split,
 )
 
@@ -131,7 +131,7 @@ def save_zsl_dataset_to_hub_layout(ds: ZSLDataset, folder: str | os.PathLike) ->
         }
         readme = _readme(ds.name, data_files, ds.semantics, {s: len(ds.splits[s]) for s in order})
         (tmp / "README.md").write_text(readme, encoding="utf-8")
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -155,7 +155,7 @@ def _iter_feature_batches(split: IterableDataset, rows: int) -> Iterator[dict[st
     num_regions, feature_dim = region_shape(split.features)
     for table in split.with_format("arrow").iter(batch_size=rows):
         chunks = table[REGION_COLUMN].chunks
-        regions = np.concatenate([_values_of(c, num_regions, feature_dim).to_numpy(zero_copy_only=False) for c in chunks])
+        regions = np.concatenate([region_values(c, num_regions, feature_dim).to_numpy(zero_copy_only=False) for c in chunks])
         batch = {REGION_COLUMN: regions.reshape(len(table), num_regions, feature_dim), LABEL_COLUMN: table[LABEL_COLUMN].to_numpy()}
         if GLOBAL_COLUMN in table.column_names:
             pooled = table[GLOBAL_COLUMN].combine_chunks().flatten().to_numpy(zero_copy_only=False)

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import torch
 from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.table import ConcatenationTable, MemoryMappedTable
@@ -28,9 +29,9 @@ REGION_COLUMN = "region_features"
 LABEL_COLUMN = "label"
 GLOBAL_COLUMN = "global_features"
 ARROW_FILE_NAME = "data.arrow"
-# Record batches of ~64 MiB keep every list offset far below the int32 limit and give the reader
+# Record batches of ~16 MiB keep every list offset far below the int32 limit and give the reader
 # few enough chunks that locating a row is a single searchsorted.
-_RECORD_BATCH_BYTES = 64 * 2**20
+_RECORD_BATCH_BYTES = 16 * 2**20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Table operations that leave the stored rows of the region column untouched.
 _ROW_PRESERVING_REPLAYS = {"replace_schema_metadata", "drop", "select", "remove_column", "combine_chunks"}
@@ -121,8 +122,10 @@ def _check_batch(batch: dict[str, np.ndarray], features: Features, index: int, w
 
 def _to_float16(values: np.ndarray, field: str, index: int, where: str) -> np.ndarray:
     """Cast to float16, refusing NaN/Inf and values that float16 cannot hold (they would become Inf)."""
-    with np.errstate(over="ignore"):
-        converted = np.ascontiguousarray(values, dtype=np.float16)
+    if values.dtype == np.float16:
+        converted = np.ascontiguousarray(values)
+    else:  # torch's vectorised cast is ~3x faster than numpy's float32 -> float16
+        converted = torch.from_numpy(np.ascontiguousarray(values)).to(torch.float16).numpy()
     if np.isfinite(converted).all():
         return converted
     if not np.isfinite(values).all():
@@ -155,7 +158,7 @@ def _flush(writer: ArrowWriter, pending: list[dict[str, np.ndarray]], features: 
         pending.append({k: v[cut:] for k, v in rows.items()})
 
 
-def _replace_dir(source: Path, target: Path) -> None:
+def replace_dir(source: Path, target: Path) -> None:
     """Move a finished folder into place; an older copy is moved aside first (rename is atomic)."""
     if target.exists():
         stale = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -164,6 +167,26 @@ def _replace_dir(source: Path, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     else:
         os.replace(source, target)
+
+
+def _write_batches(
+    batches: Iterable[dict[str, np.ndarray]], features: Features, path: Path, rows_per_batch: int, num_rows: int | None,
+    desc: str, where: str,
+) -> int:
+    """Check and write every batch; small incoming batches are gathered into full record batches."""
+    written, pending = 0, []
+    with ArrowWriter(features=features, path=str(path), writer_batch_size=rows_per_batch) as writer:
+        with tqdm(total=num_rows, desc=desc, unit="img") as bar:
+            for index, batch in enumerate(batches):
+                checked = _check_batch(batch, features, index, where)
+                pending.append(checked)
+                if sum(len(b[LABEL_COLUMN]) for b in pending) >= rows_per_batch:
+                    _flush(writer, pending, features, rows_per_batch)
+                written += len(checked[LABEL_COLUMN])
+                bar.update(len(checked[LABEL_COLUMN]))
+            _flush(writer, pending, features, None)
+        writer.finalize()
+    return written
 
 
 def write_split(
@@ -187,23 +210,12 @@ def write_split(
     rows_per_record_batch = max(1, _RECORD_BATCH_BYTES // (num_regions * feature_dim * 2))
     where = f"write_split({out_dir})"
     try:
-        writer = ArrowWriter(features=features, path=str(tmp_dir / ARROW_FILE_NAME), writer_batch_size=rows_per_record_batch)
-        written, pending = 0, []
-        with tqdm(total=num_rows, desc=desc or f"writing {out_dir.name}", unit="img") as bar:
-            for index, batch in enumerate(batches):
-                checked = _check_batch(batch, features, index, where)
-                pending.append(checked)
-                n = len(checked[LABEL_COLUMN])
-                # Small incoming batches are gathered into full record batches (fewer, even chunks).
-                if sum(len(b[LABEL_COLUMN]) for b in pending) >= rows_per_record_batch:
-                    _flush(writer, pending, features, rows_per_record_batch)
-                written += n
-                bar.update(n)
-            _flush(writer, pending, features, None)
-        writer.finalize()
+        written = _write_batches(
+            batches, features, tmp_dir / ARROW_FILE_NAME, rows_per_record_batch, num_rows, desc or f"writing {out_dir.name}", where
+        )
         if num_rows is not None and written != num_rows:
             raise ValueError(f"{where}: expected {num_rows} rows, the batches held {written}")
-        _replace_dir(tmp_dir, out_dir)
+        replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -237,7 +249,7 @@ class _MemoryChunk:
     values: np.ndarray = field(repr=False)
 
 
-def _values_of(chunk: pa.Array, num_regions: int, feature_dim: int) -> pa.Array:
+def region_values(chunk: pa.Array, num_regions: int, feature_dim: int) -> pa.Array:
     """The flat float values behind an Array2D chunk, checked to be dense and null-free."""
     storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
     if storage.null_count:
@@ -262,7 +274,7 @@ def _file_offsets(path: str, num_regions: int, feature_dim: int) -> list[tuple[i
         table = pa.ipc.open_stream(mapped).read_all()
         result = []
         for chunk in table.column(REGION_COLUMN).chunks:
-            values = _values_of(chunk, num_regions, feature_dim)
+            values = region_values(chunk, num_regions, feature_dim)
             address = values.buffers()[1].address + values.offset * values.type.byte_width
             result.append((len(chunk), address - base))
     return result
@@ -346,7 +358,7 @@ class RegionFeatureReader:
     def _memory_chunks(self, dataset: Dataset) -> list[_MemoryChunk]:
         chunks, start = [], 0
         for chunk in dataset.data.column(REGION_COLUMN).chunks:
-            values = _values_of(chunk, self.num_regions, self.feature_dim).to_numpy(zero_copy_only=True)
+            values = region_values(chunk, self.num_regions, self.feature_dim).to_numpy(zero_copy_only=True)
             chunks.append(_MemoryChunk(start, len(chunk), values.reshape(len(chunk), self.num_regions, self.feature_dim)))
             start += len(chunk)
         return chunks
