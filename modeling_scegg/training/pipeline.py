@@ -49,7 +49,10 @@ def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
             extra["synthetic_config"] = SyntheticConfig(**fields)
         except TypeError as error:
             raise ValueError(f"--synthetic_overrides: {error}") from error
-    return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **extra)
+    return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                            clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
+                            class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
+                            **extra)
 
 
 def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
@@ -227,7 +230,7 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
 
 
-_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config")  # machine-specific, kept out of public cards
+_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone")  # machine-specific, kept out of public cards
 
 
 def _feature_extractor(data: ZSLDataset) -> str:
