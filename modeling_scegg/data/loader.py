@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from datasets import DatasetDict
 from filelock import FileLock
+from huggingface_hub import HfApi
 
+from .backbone import model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
+from .images import load_image_folder
 from .semantics import ClassSemantics, ZSLDataset, build_semantics, clip_negative
 from .synthetic import SyntheticConfig, write_synthetic_splits
 from .xlsa17 import StandardFiles, convert_standard, find_standard_files
@@ -57,7 +60,10 @@ def file_fingerprint(path: Path | None) -> list | None:
 
 
 def folder_fingerprint(folder: Path) -> list:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Identity of every non-hidden file of a folder (a local dataset repo, a backbone checkpoint)."""
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     return [file_fingerprint(p) for p in files]
 
 
@@ -95,8 +101,6 @@ def _load_standard(name: str, data_dir: str | os.PathLike | None, cache_dir: Pat
 
 def _hub_revision_sha(repo_id: str, revision: str | None) -> str | None:
     """The commit a Hub revision points to, so a moved branch gets a new cache; None when offline."""
-    from huggingface_hub import HfApi
-
     try:
         return HfApi().dataset_info(repo_id, revision=revision).sha
     except Exception as error:  # offline or unknown: key on the revision name alone
@@ -123,8 +127,6 @@ def _backbone_identity(backbone) -> object:
     if isinstance(backbone, (str, os.PathLike)):
         path = Path(backbone)
         return folder_fingerprint(path) if path.is_dir() else file_fingerprint(path)
-    from .backbone import model_fingerprint
-
     return model_fingerprint(backbone)
 
 
@@ -136,8 +138,6 @@ def _load_images(
     image_options: dict,
 ) -> ZSLDataset:
     """Delegate to :func:`.images.load_image_folder`, which caches and resumes on its own."""
-    from .images import load_image_folder
-
     options = dict(image_options)
     parts = {
         "image_dir": str(Path(image_dir).resolve()),

@@ -165,8 +165,9 @@ class RegionHDF5:
         except OSError as error:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({error})") from error
         if "feature_map" not in self._file:
+            found = sorted(self._file.keys())
             self.close()
-            raise ValueError(f"{self.path}: missing field 'feature_map' (found: {sorted(self._file.keys()) if self._file else []})")
+            raise ValueError(f"{self.path}: missing field 'feature_map' (found: {found})")
         self._maps = self._file["feature_map"]
         if self._maps.ndim != 4:
             shape = self._maps.shape
