@@ -1,0 +1,46 @@
+"""The `scegg` command: predict from a saved model, the results table, train's flags."""
+import json
+
+import numpy as np
+import pytest
+
+from modeling_scegg.cli import format_results, main
+
+
+def test_predict_prints_class_names(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "model")
+    features = np.random.default_rng(0).random((3, 5, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", features)
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), "--top_k", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["image"] for line in lines] == [0, 1, 2]
+    assert all(len(line["classes"]) == 2 and line["classes"][0].startswith("bird_") for line in lines)
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), "--czsl", "--top_k", "5"]) == 0
+    czsl = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert {name for line in czsl for name in line["classes"]} <= {"bird_1", "bird_4"}
+
+
+def test_predict_refuses_pickled_npy(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "bad.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        main(["predict", str(tmp_path / "model"), str(tmp_path / "bad.npy")])
+
+
+def test_train_help_lists_every_training_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--stage1_iters", "--stage2_iters", "--stage3_epochs", "--classifier_epochs", "--syn_num",
+                 "--batch_size", "--seed", "--mixed_precision", "--resume", "--push_to_hub", "--hub_model_id"):
+        assert flag in text, flag
+
+
+def test_results_table_labels_test_selected_numbers():
+    results = {"dataset": "CUB", "protocol": "fixed schedule", "czsl_acc": 70.0, "gzsl_unseen": 60.0,
+               "gzsl_seen": 70.0, "gzsl_h": 64.6, "chance_czsl": 2.0, "stage_seconds": {"stage1": 1.0},
+               "published_protocol": {"label": "test-selected", "czsl_acc": 72.0, "gzsl_unseen": 61.0,
+                                      "gzsl_seen": 71.0, "gzsl_h": 65.6}}
+    table = format_results(results)
+    assert "CZSL Acc     70.00" in table and "test-selected: Acc 72.00" in table
