@@ -551,24 +551,13 @@ class SCEGGModel(SCEGGPreTrainedModel):
         """Install the class attribute matrix (C, A) and the attribute word vectors (A, dv); the
         LEN's queries restart from the normalised word vectors, as at the start of stage 1."""
         cfg = self.config
-        class_attributes = torch.as_tensor(class_attributes, dtype=self.class_attributes.dtype)
-        expected = (cfg.num_classes, cfg.num_attributes)
-        if tuple(class_attributes.shape) != expected:
-            raise ValueError(
-                f"class_attributes must have shape (num_classes, num_attributes) = {expected}, "
-                f"got {tuple(class_attributes.shape)}"
-            )
-        _check_finite("class_attributes", class_attributes)
+        dtype = self.class_attributes.dtype
+        class_attributes = _checked_matrix("class_attributes", class_attributes, dtype,
+                                           ("num_classes", cfg.num_classes), ("num_attributes", cfg.num_attributes))
         self.class_attributes.copy_(class_attributes)
         if word_vectors is not None:
-            word_vectors = torch.as_tensor(word_vectors, dtype=self.class_attributes.dtype)
-            expected = (cfg.num_attributes, cfg.word_dim)
-            if tuple(word_vectors.shape) != expected:
-                raise ValueError(
-                    f"word_vectors must have shape (num_attributes, word_dim) = {expected}, "
-                    f"got {tuple(word_vectors.shape)}"
-                )
-            _check_finite("word_vectors", word_vectors)
+            word_vectors = _checked_matrix("word_vectors", word_vectors, dtype,
+                                           ("num_attributes", cfg.num_attributes), ("word_dim", cfg.word_dim))
             local = self.scen.local_embedding
             local.word_vectors.copy_(word_vectors)
             local.attribute_queries.copy_(F.normalize(word_vectors, dim=-1))
@@ -683,6 +672,16 @@ def _describe_size_mismatch(checkpoint, config: SCEGGConfig | None) -> str:
     diffs = [f"{name}: checkpoint {getattr(saved, name)} vs config {getattr(config, name)}"
              for name in _SIZE_FIELDS if getattr(saved, name) != getattr(config, name)]
     return f"{message}: " + "; ".join(diffs) if diffs else message
+
+
+def _checked_matrix(name: str, value, dtype: torch.dtype, rows: tuple[str, int], cols: tuple[str, int]) -> torch.Tensor:
+    """A finite (rows, cols) tensor, or an error naming the expected and the received shape."""
+    tensor = torch.as_tensor(value, dtype=dtype)
+    expected = (rows[1], cols[1])
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{name} must have shape ({rows[0]}, {cols[0]}) = {expected}, got {tuple(tensor.shape)}")
+    _check_finite(name, tensor)
+    return tensor
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:

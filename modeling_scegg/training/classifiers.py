@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation import ZSLAccuracy
-from .common import RunContext, run_steps, sharded_map
+from .common import RunContext, optimizer_step, run_steps, sharded_map
 
 PUBLISHED_LABEL = "published protocol: best classifier epoch selected on the TEST set (optimistic, as in the paper's code)"
 
@@ -80,10 +80,7 @@ def train_and_evaluate_classifiers(
                 continue
             batch = batch[rank::world]
             loss = F.cross_entropy(classifier(x[batch].to(device)), y[batch].to(device))
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
+            losses.append(optimizer_step(accelerator, optimizer, loss))
         return float(np.mean(losses))
 
     def scores() -> dict[str, float]:

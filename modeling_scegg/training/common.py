@@ -81,6 +81,14 @@ def run_steps(
     return history
 
 
+def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """Backward (through Accelerate, for loss scaling and DDP), step, clear; returns the loss."""
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
 def sharded_map(
     accelerator: Accelerator,
     num_items: int,

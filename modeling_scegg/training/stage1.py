@@ -9,7 +9,7 @@ from torch import nn
 from ..data.sampling import class_balanced_batches
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel, stage1_loss_eq16
-from .common import RunContext, run_steps, sharded_map
+from .common import RunContext, optimizer_step, run_steps, sharded_map
 
 
 class Stage1Network(nn.Module):
@@ -63,10 +63,7 @@ def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
             local_scores, global_scores = network(regions)
         loss = stage1_loss_eq16(local_scores.float(), global_scores.float(), targets,
                                 config.lambda_l, config.lambda_g, class_ids)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        return {"loss": loss.item()}
+        return {"loss": optimizer_step(accelerator, optimizer, loss)}
 
     run_steps(ctx, accelerator, "stage1", ctx.args.stage1_iters, state, step)
     accelerator.free_memory()

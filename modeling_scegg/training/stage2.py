@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..data.sampling import class_balanced_batches
 from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
-from .common import RunContext, run_steps
+from .common import RunContext, optimizer_step, run_steps
 
 
 def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
@@ -32,10 +32,7 @@ def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
             loss = semantic_consistent_regression_loss_eq8(scores, targets[indices], config.regression_loss)
         else:
             loss = global_embedding_cross_entropy_eq7(scores, labels[indices], seen)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        return {"loss": loss.item()}
+        return {"loss": optimizer_step(accelerator, optimizer, loss)}
 
     run_steps(ctx, accelerator, "stage2", ctx.args.stage2_iters, state, step)
     accelerator.free_memory()
