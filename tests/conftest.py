@@ -1,11 +1,15 @@
 """Shared test setup: no test may reach the network, so the Hub clients run offline."""
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+# conversions made by tests never land in the user's cache
+os.environ.setdefault("SCEGG_CACHE", tempfile.mkdtemp(prefix="scegg-test-cache-"))
 
 import pytest
 
