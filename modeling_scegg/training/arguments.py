@@ -20,7 +20,7 @@ BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {
         "model": {"encoder_hidden_dim": 512, "generator_hidden_dim": 512, "critic_hidden_dim": 512,
                   "decoder_hidden_dim": 512, "regression_hidden_dim": 256},
-        "training": {"stage1_iters": 300, "stage2_iters": 300, "stage3_epochs": 30, "stage3_lr": 1e-4,
+        "training": {"stage1_iters": 1000, "stage2_iters": 2000, "stage3_epochs": 30, "stage3_lr": 1e-3,
                      "syn_num": 100, "classifier_epochs": 25, "checkpoint_every": 100},
     }
 }

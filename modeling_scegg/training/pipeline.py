@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
 from ..configuration_scegg import SCEGGConfig
@@ -83,7 +83,8 @@ def _tracker(args: SCEGGTrainingArguments) -> Accelerator:
         except ImportError:
             log_with = None
     log_with = None if log_with in (None, "none") else log_with
-    return Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=args.output_dir)
+    project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "runs"))
+    return Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_config=project)
 
 
 def _check_output_dir(args: SCEGGTrainingArguments, checkpoints: CheckpointManager) -> None:
