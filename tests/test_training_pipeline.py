@@ -87,10 +87,19 @@ def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):
     assert 100 * s == pytest.approx(results["gzsl_seen"], abs=1e-6)
 
 
-def test_fresh_run_refuses_to_mix_with_old_checkpoints(finished_run, cache_dir):
-    out, _, _ = finished_run
-    with pytest.raises(FileExistsError, match="--resume"):
-        run_pipeline(parse_training_args(tiny_argv(out, cache_dir)))
+def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):
+    unfinished = tmp_path / "out" / "checkpoints" / "stage1" / "step_000000004"
+    unfinished.mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="--resume true"):
+        run_pipeline(parse_training_args(tiny_argv(tmp_path / "out", cache_dir)))
+    assert unfinished.is_dir()
+
+
+def test_running_again_replaces_a_finished_run(tmp_path, cache_dir):
+    argv = tiny_argv(tmp_path / "out", cache_dir, "--stage3_epochs", "1", "--plots", "false")
+    first = run_pipeline(parse_training_args(argv))
+    second = run_pipeline(parse_training_args(argv))
+    assert first["czsl_acc"] == second["czsl_acc"]
 
 
 def _kill_when(process: subprocess.Popen, pattern: str, folder: Path, timeout: float = 240) -> None:

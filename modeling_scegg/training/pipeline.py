@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
@@ -22,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
-from ..modeling_scegg import SCEGGModel
 from ..data.synthetic import SyntheticConfig
+from ..modeling_scegg import SCEGGModel
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import train_and_evaluate_classifiers
@@ -88,12 +89,19 @@ def _tracker(args: SCEGGTrainingArguments) -> Accelerator:
 
 
 def _check_output_dir(args: SCEGGTrainingArguments, checkpoints: CheckpointManager) -> None:
-    """A fresh run must not mix with the checkpoints of an earlier one."""
-    if not args.resume and checkpoints.root.is_dir() and any(checkpoints.root.iterdir()):
+    """A fresh run must not mix with the checkpoints of an earlier one. An unfinished run is kept
+    (it may be worth resuming); a finished one is replaced, so re-running a command just works."""
+    if args.resume or not checkpoints.root.is_dir() or not any(checkpoints.root.iterdir()):
+        return
+    if checkpoints.last_finished_stage() != STAGES[-1]:
         raise FileExistsError(
-            f"{checkpoints.root} holds checkpoints of an earlier run: pass --resume to continue it, "
-            f"or choose another --output_dir"
+            f"{checkpoints.root} holds checkpoints of an unfinished run: pass --resume true to continue "
+            f"it, or choose another --output_dir"
         )
+    logger.warning(f"replacing the finished run in {args.output_dir}", main_process_only=True)
+    if PartialState().is_main_process:
+        shutil.rmtree(checkpoints.root)
+    PartialState().wait_for_everyone()
 
 
 def _scale(model: SCEGGModel, caches: dict[str, dict[str, torch.Tensor]]) -> None:
