@@ -44,3 +44,15 @@ def test_results_table_labels_test_selected_numbers():
                                       "gzsl_seen": 71.0, "gzsl_h": 65.6}}
     table = format_results(results)
     assert "CZSL Acc     70.00" in table and "test-selected: Acc 72.00" in table
+
+
+def test_convert_writes_the_hub_layout(tmp_path, capsys):
+    assert main(["convert", "synthetic", "--cache_dir", str(tmp_path / "cache"),
+                 "--hub_layout", str(tmp_path / "layout")]) == 0
+    assert "synthetic: train" in capsys.readouterr().out
+    from modeling_scegg.data import load_zsl_dataset
+
+    again = load_zsl_dataset(str(tmp_path / "layout"), cache_dir=tmp_path / "cache2")
+    original = load_zsl_dataset("synthetic", cache_dir=tmp_path / "cache")
+    assert {k: len(v) for k, v in again.splits.items()} == {k: len(v) for k, v in original.splits.items()}
+    np.testing.assert_allclose(again.semantics.attributes, original.semantics.attributes, atol=1e-6)  # re-normalised on load
