@@ -27,8 +27,10 @@ from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
-from .classifiers import train_and_evaluate_classifiers
+from .classifiers import best_epochs, train_and_evaluate_classifiers
 from .common import RunContext, silence_noisy_loggers
+from .selection import PROTOCOL as SELECTION_PROTOCOL
+from .selection import validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
 from .stage3 import train_stage3
@@ -36,6 +38,7 @@ from .stage3 import train_stage3
 logger = get_logger(__name__)
 
 PROTOCOL = "fixed schedule: the last epoch of every stage is reported; nothing is selected on test data"
+PUBLISHED_LABEL = "published protocol: best classifier epoch selected on the TEST set (optimistic, as in the paper's code)"
 _CACHE_FILE, _PROGRESS_FILE = "cache.safetensors", "progress.json"
 
 
@@ -90,18 +93,23 @@ def _tracker(args: SCEGGTrainingArguments) -> Accelerator:
 
 def _check_output_dir(args: SCEGGTrainingArguments, checkpoints: CheckpointManager) -> None:
     """A fresh run must not mix with the checkpoints of an earlier one. An unfinished run is kept
-    (it may be worth resuming); a finished one is replaced, so re-running a command just works."""
-    if args.resume or not checkpoints.root.is_dir() or not any(checkpoints.root.iterdir()):
-        return
-    if checkpoints.last_finished_stage() != STAGES[-1]:
+    (it may be worth resuming); a finished one is replaced, so re-running a command just works.
+    Every process inspects the folder before any process changes it."""
+    state = PartialState()
+    state.wait_for_everyone()
+    existing = not args.resume and checkpoints.root.is_dir() and any(checkpoints.root.iterdir())
+    finished = existing and checkpoints.last_finished_stage() == STAGES[-1]
+    state.wait_for_everyone()
+    if existing and not finished:
         raise FileExistsError(
             f"{checkpoints.root} holds checkpoints of an unfinished run: pass --resume true to continue "
             f"it, or choose another --output_dir"
         )
-    logger.warning(f"replacing the finished run in {args.output_dir}", main_process_only=True)
-    if PartialState().is_main_process:
-        shutil.rmtree(checkpoints.root)
-    PartialState().wait_for_everyone()
+    if finished:
+        logger.warning(f"replacing the finished run in {args.output_dir}", main_process_only=True)
+        if state.is_main_process:
+            shutil.rmtree(checkpoints.root)
+    state.wait_for_everyone()
 
 
 def _scale(model: SCEGGModel, caches: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -145,14 +153,38 @@ class _Timer:
 
 
 def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
-    """Train every stage and evaluate; returns the results written to `results.json`."""
+    """Train every stage and evaluate; returns the results written to `results.json`.
+
+    With `--selection validation` the classifier epochs are first chosen on the validation view
+    of the data (its own full run under `output_dir/validation`), then the real run uses them."""
     silence_noisy_loggers()
+    # An Accelerator (not a bare PartialState, which ignores ACCELERATE_USE_CPU) sets up the
+    # process group that every later barrier relies on.
+    with Accelerator(mixed_precision=args.mixed_precision).main_process_first():
+        data = load_data(args)
+    selection = None
+    if args.selection == "validation":
+        view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
+                                        published_protocol=False, push_to_hub=False, plots=False)
+        view = validation_view(data, args.seed)
+        _, by_epoch = _train_and_evaluate(view_args, view, score_every_epoch=True)
+        best = best_epochs(by_epoch)
+        selection = {"gzsl_epochs": best["gzsl_epoch"], "czsl_epochs": best["czsl_epoch"], "validation_scores": best,
+                     "validation_unseen_classes": [int(c) for c in view.semantics.unseen_class_ids]}
+    return _train_and_evaluate(args, data, selection=selection, score_every_epoch=args.published_protocol)[0]
+
+
+def _train_and_evaluate(
+    args: SCEGGTrainingArguments,
+    data: ZSLDataset,
+    selection: dict[str, Any] | None = None,
+    score_every_epoch: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """One resumable run of all stages on `data`; returns the results and per-epoch scores."""
     tracker = _tracker(args)
     checkpoints = CheckpointManager(args.output_dir)
     _check_output_dir(args, checkpoints)
     set_seed(args.seed)
-    with tracker.main_process_first():
-        data = load_data(args)
     config = build_config(data, args.model_config_overrides())
     finished = checkpoints.last_finished_stage() if args.resume else None
     if finished:
@@ -189,17 +221,19 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
             train_stage3(ctx, caches["train"])
         checkpoints.finish_stage(tracker, "stage3", _save_snapshot(ctx, caches, progress))
     if done < 4:
+        epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if selection else None
         with _Timer(timings, "classifiers"):
-            progress["results"] = train_and_evaluate_classifiers(
-                ctx, caches["train"], {s: caches[s] for s in ("test_seen", "test_unseen")})
+            progress["results"], progress["scores_by_epoch"] = train_and_evaluate_classifiers(
+                ctx, caches["train"], {s: caches[s] for s in ("test_seen", "test_unseen")},
+                epochs=epochs, score_every_epoch=score_every_epoch)
         checkpoints.finish_stage(tracker, "classifiers", _save_snapshot(ctx, caches, progress))
 
-    results = _results(args, data, progress)
+    results = _results(args, data, progress, selection)
     if tracker.is_main_process:
         _write_outputs(ctx, data, caches, results)
     tracker.wait_for_everyone()
     tracker.end_training()
-    return results
+    return results, progress["scores_by_epoch"]
 
 
 def _needs_stage2(config: SCEGGConfig) -> bool:
@@ -207,17 +241,22 @@ def _needs_stage2(config: SCEGGConfig) -> bool:
     return bool(config.lambda_s or config.lambda_u) and config.dense_feature_source == "scen"
 
 
-def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict) -> dict[str, Any]:
-    return {
+def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, selection: dict | None) -> dict[str, Any]:
+    results = {
         "dataset": data.name,
         **progress["results"],
-        "protocol": PROTOCOL,
+        "protocol": SELECTION_PROTOCOL if selection else PROTOCOL,
         "stage_seconds": progress["timings"],
         "stage2_fidelity": progress.get("stage2_fidelity"),
         "chance_czsl": 100.0 / len(data.semantics.unseen_class_ids),
         "seed": args.seed,
         "training_args": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("push_to_hub",)},
     }
+    if selection:
+        results["selection"] = selection
+    if args.published_protocol:
+        results["published_protocol"] = {"label": PUBLISHED_LABEL, **best_epochs(progress["scores_by_epoch"])}
+    return results
 
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
@@ -234,7 +273,7 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
         write_plots(ctx, data, caches, out / "plots")
     public_args = {k: v for k, v in results["training_args"].items() if k not in _LOCAL_PATHS}
     build_model_card(out, results, dataset_name=data.name, training_args=public_args,
-                     feature_extractor=_feature_extractor(data), protocol="fixed")
+                     feature_extractor=_feature_extractor(data), protocol="validation" if "selection" in results else "fixed")
     if ctx.args.push_to_hub:
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
 

@@ -1,0 +1,53 @@
+"""Honest model selection: the validation view of a dataset, in which the classes of the xlsa17
+`val_loc` split (held out of `train_loc`) act as unseen classes.
+
+A run with `--selection validation` first trains the whole pipeline on this view, scores the
+classifiers after every epoch on the view's held-out images, picks the epochs there, and then
+trains on the real splits with those epochs. The test splits are never looked at to choose.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from datasets import DatasetDict
+
+from ..data import ZSLDataset
+
+HELD_OUT_FRACTION = 0.2
+PROTOCOL = ("validation split: classifier epochs selected on val classes as pseudo-unseen and "
+            f"{HELD_OUT_FRACTION:.0%} of train_sub images per class held out as seen; stages 1-3 run their "
+            "fixed schedules; nothing is selected on test data")
+
+
+def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:
+    """train = train_sub minus a held-out share of each class, test_seen = that share,
+    test_unseen = val; the val classes become the unseen classes."""
+    if "train_sub" not in data.splits or "val" not in data.splits or data.semantics.val_class_ids is None:
+        raise ValueError(
+            f"--selection validation needs train_sub / val splits (xlsa17 train_loc / val_loc, or the "
+            f"synthetic generator's num_val > 0); dataset {data.name} has splits {sorted(data.splits)}"
+        )
+    train_sub = data.splits["train_sub"]
+    labels = np.asarray(train_sub["label"], dtype=np.int64)
+    keep, held = _hold_out(labels, np.random.default_rng(seed))
+    semantics = dataclasses.replace(
+        data.semantics,
+        seen_class_ids=np.unique(labels[keep]),
+        unseen_class_ids=np.asarray(data.semantics.val_class_ids, dtype=np.int64),
+        val_class_ids=None,
+    )
+    splits = DatasetDict(train=train_sub.select(keep), test_seen=train_sub.select(held), test_unseen=data.splits["val"])
+    return ZSLDataset(name=f"{data.name} (validation view)", splits=splits, semantics=semantics)
+
+
+def _hold_out(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions to train on and to hold out: a share of every class with at least 2 images."""
+    keep, held = [], []
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        count = int(round(HELD_OUT_FRACTION * len(rows))) if len(rows) > 1 else 0
+        count = min(max(count, 1 if len(rows) > 1 else 0), len(rows) - 1)
+        held.append(rows[:count])
+        keep.append(rows[count:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

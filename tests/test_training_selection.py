@@ -1,0 +1,55 @@
+"""Validation-split selection: the view of the data it trains on, and a run that uses it."""
+import json
+
+import numpy as np
+import pytest
+from datasets import DatasetDict
+
+from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
+from modeling_scegg.training import parse_training_args, run_pipeline
+from modeling_scegg.training.selection import validation_view
+from test_training_pipeline import tiny_argv
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    config = SyntheticConfig(num_classes=12, num_unseen=3, num_val=3, num_attributes=8, num_regions=4,
+                             feature_dim=16, word_dim=12, train_images_per_class=10)
+    return load_zsl_dataset("synthetic", cache_dir=tmp_path_factory.mktemp("cache"), synthetic_config=config)
+
+
+def _labels(split):
+    return np.asarray(split["label"])
+
+
+def test_view_holds_out_val_classes_and_a_share_of_seen_images(data):
+    view = validation_view(data, seed=0)
+    train, held, val = (_labels(view.splits[s]) for s in ("train", "test_seen", "test_unseen"))
+    assert set(view.semantics.unseen_class_ids) == set(data.semantics.val_class_ids) == set(val)
+    assert not set(train) & set(val)
+    assert set(held) <= set(train) == set(view.semantics.seen_class_ids)
+    assert not set(train) & set(data.semantics.unseen_class_ids)
+    assert len(train) + len(held) == len(data.splits["train_sub"])
+    assert len(held) == pytest.approx(0.2 * len(data.splits["train_sub"]), abs=len(set(train)))
+
+
+def test_view_needs_a_validation_split(data):
+    without = type(data)(name="x", splits=DatasetDict({k: data.splits[k] for k in ("train", "test_seen", "test_unseen")}),
+                         semantics=data.semantics)
+    with pytest.raises(ValueError, match="train_sub / val"):
+        validation_view(without, seed=0)
+
+
+def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
+    argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--selection", "validation", "--classifier_epochs", "4",
+                     "--stage3_epochs", "1", "--plots", "false")
+    results = run_pipeline(parse_training_args(argv))
+    selection = results["selection"]
+    assert 1 <= selection["gzsl_epochs"] <= 4 and 1 <= selection["czsl_epochs"] <= 4
+    assert results["classifier_epochs"] == {"gzsl": selection["gzsl_epochs"], "czsl": selection["czsl_epochs"]}
+    assert results["protocol"].startswith("validation split")
+    view_results = json.loads((tmp_path / "out" / "validation" / "results.json").read_text())
+    assert view_results["dataset"] == "synthetic (validation view)"
+    assert selection["validation_unseen_classes"] != []
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "validation" in card.lower()
