@@ -1,0 +1,20 @@
+"""`--push_to_hub` at the end of training, through the local Hub stand-in with the stock client."""
+import json
+
+from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures
+from test_training_pipeline import tiny_argv
+
+
+def test_training_pushes_model_card_and_results(hub_endpoint: HubStandIn, tmp_path):
+    argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--stage3_epochs", "1", "--plots", "false",
+                     "--push_to_hub", "true", "--hub_model_id", "alice/trained-tiny")
+    code = f"import sys\nfrom modeling_scegg.cli import main\nsys.exit(main(['train', *{argv!r}]))\n"
+    run_client(code, hub_endpoint.endpoint, tmp_path / "work", name="train_push")
+    repo = hub_endpoint.repos[("model", "alice/trained-tiny")]
+    files = repo.commits[repo.branches["main"]].files
+    assert {"config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+            "README.md", "results.json"} <= set(files)
+    assert not any(name.startswith("checkpoints/") or name.endswith((".bin", ".pkl", ".pt")) for name in files)
+    local = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert json.loads(files["results.json"].content) == local
+    assert b"alice/trained-tiny" in files["README.md"].content
