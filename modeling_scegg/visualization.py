@@ -225,12 +225,12 @@ def _draw_tsne_points(ax, xy: np.ndarray, labels: np.ndarray, is_synthetic: np.n
     ]
     if np.any(seen_mask & is_synthetic):
         kinds.append(Line2D([], [], ls="", marker="x", color=_SEEN_COLOR, label="synthetic seen"))
-    kind_legend = ax.legend(handles=kinds, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="points")
+    # figure legends at "outside" locations take part in the constrained layout, so none is clipped
+    ax.figure.legend(handles=kinds, loc="outside right upper", fontsize=8, title="points")
     if 0 < len(shown_unseen) <= _MAX_LEGEND_CLASSES:
-        ax.add_artist(kind_legend)
         classes = [Line2D([], [], ls="", marker="s", color=colours[c], label=_shorten(class_names[c]))
                    for c in shown_unseen]
-        ax.legend(handles=classes, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, title="unseen classes")
+        ax.figure.legend(handles=classes, loc="outside right lower", fontsize=8, title="unseen classes")
 
 
 # --------------------------------------------------------------------------------------------
