@@ -1,4 +1,4 @@
-"""The `scegg` command: train, predict, convert data, push models and feature datasets.
+"""The `scegg` command: train, evaluate, predict, convert data, push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -67,6 +67,21 @@ def _read_features(path: str):
     return np.load(path, allow_pickle=False)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_zsl_dataset
+    from .evaluation import evaluate_model
+    from .hub import load_model
+
+    model = load_model(args.model)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    print(json.dumps({"dataset": data.name, **evaluate_model(model, data, args.batch_size)}, indent=2))
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .data import load_zsl_dataset
 
@@ -104,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("features", help=".npy or .safetensors file with region features (B, R, D)")
     predict.add_argument("--top_k", type=int, default=5)
     predict.add_argument("--czsl", action="store_true", help="predict among unseen classes only")
+    evaluate = sub.add_parser("evaluate", help="score a trained model on a dataset's test splits")
+    evaluate.add_argument("model", help="output folder or Hub id")
+    evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
+    evaluate.add_argument("--data_dir")
+    evaluate.add_argument("--cache_dir")
+    evaluate.add_argument("--batch_size", type=int, default=256)
     convert = sub.add_parser("convert", help="convert a dataset to the memory-mapped Arrow cache")
     convert.add_argument("dataset")
     convert.add_argument("--data_dir")
@@ -125,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "evaluate": _evaluate, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

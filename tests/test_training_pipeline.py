@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from modeling_scegg import SCEGGModel
-from modeling_scegg.evaluation import mean_per_class_accuracy
+from modeling_scegg.evaluation import evaluate_model, mean_per_class_accuracy
 from modeling_scegg.training import parse_training_args, run_pipeline
 from modeling_scegg.training.pipeline import load_data
 
@@ -85,6 +85,24 @@ def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):
     assert 100 * czsl == pytest.approx(results["czsl_acc"], abs=1e-6)
     assert 100 * u == pytest.approx(results["gzsl_unseen"], abs=1e-6)
     assert 100 * s == pytest.approx(results["gzsl_seen"], abs=1e-6)
+    recomputed = evaluate_model(model, data, batch_size=7)
+    for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
+        assert recomputed[key] == pytest.approx(results[key], abs=1e-6), key
+
+
+def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):
+    from modeling_scegg.cli import main
+    from modeling_scegg.data import save_zsl_dataset_to_hub_layout
+
+    out, results, args = finished_run
+    save_zsl_dataset_to_hub_layout(load_data(args), tmp_path / "layout")
+    assert main(["evaluate", str(out), str(tmp_path / "layout"), "--cache_dir", str(tmp_path / "cache")]) == 0
+    text = capsys.readouterr().out
+    printed = json.loads(text[text.index("{"):])
+    for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
+        assert printed[key] == pytest.approx(results[key], abs=1e-6), key
+    with pytest.raises(ValueError, match="unseen classes"):
+        main(["evaluate", str(out), "synthetic", "--cache_dir", str(tmp_path / "cache")])
 
 
 def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):

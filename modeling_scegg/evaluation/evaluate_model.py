@@ -1,0 +1,44 @@
+"""Score a trained model on a dataset's test splits, straight from region features.
+
+This is what `scegg evaluate` runs: it needs nothing but a checkpoint (local or Hub) and the
+data, so anyone can check the numbers a model card reports.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import RegionFeatureReader, ZSLDataset
+from ..modeling_scegg import SCEGGModel
+from .metric import ZSLAccuracy
+
+
+@torch.no_grad()
+def predict_split(model: SCEGGModel, reader: RegionFeatureReader, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """GZSL predictions (class ids), CZSL predictions (class ids) and labels of one split."""
+    device = model.class_attributes.device
+    unseen = torch.tensor(model.config.unseen_class_ids)
+    gzsl, czsl = [], []
+    for features, _ in tqdm(reader.iter_batches(batch_size), total=-(-len(reader) // batch_size), desc="evaluate"):
+        output = model(torch.from_numpy(features).to(device, torch.float32))
+        gzsl.append(output.logits.argmax(-1).cpu())
+        czsl.append(unseen[output.czsl_logits.argmax(-1).cpu()])
+    return {"gzsl": torch.cat(gzsl).numpy(), "czsl": torch.cat(czsl).numpy(), "labels": np.asarray(reader.labels)}
+
+
+def evaluate_model(model: SCEGGModel, data: ZSLDataset, batch_size: int = 256) -> dict[str, float]:
+    """CZSL Acc and GZSL U / S / H in percent (per-class mean accuracies), as in results.json."""
+    if list(data.semantics.unseen_class_ids) != list(model.config.unseen_class_ids):
+        raise ValueError(f"the model's unseen classes {model.config.unseen_class_ids[:5]}... differ from the "
+                         f"dataset's {list(data.semantics.unseen_class_ids)[:5]}...: wrong dataset for this model?")
+    model.eval()
+    seen = predict_split(model, RegionFeatureReader(data.splits["test_seen"]), batch_size)
+    unseen = predict_split(model, RegionFeatureReader(data.splits["test_unseen"]), batch_size)
+    metric = ZSLAccuracy()
+    gz = metric.compute(predictions=np.concatenate([seen["gzsl"], unseen["gzsl"]]),
+                        references=np.concatenate([seen["labels"], unseen["labels"]]),
+                        unseen_class_ids=list(model.config.unseen_class_ids))
+    cz = metric.compute(predictions=unseen["czsl"], references=unseen["labels"])
+    return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
+            "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}
