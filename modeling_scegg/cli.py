@@ -1,4 +1,4 @@
-"""The `scegg` command: train, evaluate, predict, convert data, push models and feature datasets.
+"""The `scegg` command: train, evaluate, predict, plot, convert data, push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -82,6 +82,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .data import load_zsl_dataset
+    from .hub import load_model
+    from .reporting import write_plots
+
+    model = load_model(args.model)
+    data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    for path in write_plots(model, data, args.output, seed=args.seed, num_attention_images=args.attention_images):
+        print(path)
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .data import load_zsl_dataset
 
@@ -125,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data_dir")
     evaluate.add_argument("--cache_dir")
     evaluate.add_argument("--batch_size", type=int, default=256)
+    plot = sub.add_parser("plot", help="t-SNE of real vs synthetic features and attention maps as PNGs")
+    plot.add_argument("model", help="output folder or Hub id")
+    plot.add_argument("dataset", help="the dataset the model was trained on")
+    plot.add_argument("--output", default="plots")
+    plot.add_argument("--data_dir")
+    plot.add_argument("--cache_dir")
+    plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--attention_images", type=int, default=4)
     convert = sub.add_parser("convert", help="convert a dataset to the memory-mapped Arrow cache")
     convert.add_argument("dataset")
     convert.add_argument("--data_dir")
@@ -146,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "evaluate": _evaluate, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

@@ -103,6 +103,9 @@ def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):
         assert printed[key] == pytest.approx(results[key], abs=1e-6), key
     with pytest.raises(ValueError, match="unseen classes"):
         main(["evaluate", str(out), "synthetic", "--cache_dir", str(tmp_path / "cache")])
+    assert main(["plot", str(out), str(tmp_path / "layout"), "--cache_dir", str(tmp_path / "cache"),
+                 "--output", str(tmp_path / "plots"), "--attention_images", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "tsne_dense_features.png"]
 
 
 def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):

@@ -262,7 +262,7 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
     """Final model, results.json, plots and model card in `output_dir` (main process only)."""
     from ..hub import build_model_card, push_model
-    from .reporting import write_plots
+    from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
     ctx.model.save_pretrained(out)
@@ -270,7 +270,8 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "results.json")
     if ctx.args.plots:
-        write_plots(ctx, data, caches, out / "plots")
+        dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
+        write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
     public_args = {k: v for k, v in results["training_args"].items() if k not in _LOCAL_PATHS}
     build_model_card(out, results, dataset_name=data.name, training_args=public_args,
                      feature_extractor=_feature_extractor(data), protocol="validation" if "selection" in results else "fixed")
