@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Sequence
 
 
 def _train(argv: Sequence[str]) -> int:
     from .training import parse_training_args, run_pipeline
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("modeling_scegg").setLevel(logging.INFO)
 
     results = run_pipeline(parse_training_args(list(argv)))
     print(format_results(results))

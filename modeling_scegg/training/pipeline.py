@@ -150,6 +150,8 @@ class _Timer:
 
     def __exit__(self, *exc):
         self.timings[self.name] = round(time.perf_counter() - self.start, 2)
+        if exc[0] is None:
+            logger.info(f"{self.name} finished in {self.timings[self.name]:.1f} s", main_process_only=True)
 
 
 def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
@@ -215,6 +217,8 @@ def _train_and_evaluate(
             if _needs_stage2(config):
                 train_stage2(ctx, caches["train"])
                 progress["stage2_fidelity"] = regression_fidelity(ctx, caches["train"])
+                logger.info(f"stage 2 head vs local scores on trainval: {progress['stage2_fidelity']}",
+                            main_process_only=True)
         checkpoints.finish_stage(tracker, "stage2", _save_snapshot(ctx, caches, progress))
     if done < 3:
         with _Timer(timings, "stage3"):
