@@ -154,19 +154,26 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, kill_a
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir):
-    """`--dataset SUN --data_dir DIR --config hub_configs/sun-official.json` on a tiny copy of the
-    standard layout with a 3 x 3 region grid: every size is read from the files."""
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
+    """`--dataset SUN --data_dir DIR --config hub_configs/sun-<variant>.json` on a tiny copy of the
+    standard layout with a 3 x 3 region grid: every size is read from the files, and every paper
+    switch (all-class softmax, SC MLP at runtime, summed L2, prior samples, L1, fixed GP weight,
+    plain classifier input, Adam) runs."""
     from conftest import REPO_ROOT
     from test_data_xlsa17 import write_standard_layout
 
     write_standard_layout(tmp_path / "data", "SUN", num_classes=8, num_unseen=2, num_attributes=6,
                           feature_dim=10, grid=(3, 3), per_class=8, num_val=2)
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--dataset", "SUN", "--data_dir", str(tmp_path / "data"),
-                     "--config", str(REPO_ROOT / "hub_configs" / "sun-official.json"))
+                     "--config", str(REPO_ROOT / "hub_configs" / f"sun-{variant}.json"))
     argv = argv[:argv.index("--synthetic_overrides")] + argv[argv.index("--model_overrides"):]
     results = run_pipeline(parse_training_args(argv))
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert (model.config.num_regions, model.config.feature_dim, model.config.num_attributes) == (9, 10, 6)
-    assert (model.config.lambda_s, model.config.lambda_u, model.config.gamma_d) == (1.0, 0.001, 1.0)
+    if variant == "official":
+        assert (model.config.lambda_s, model.config.lambda_u, model.config.gamma_d) == (1.0, 0.001, 1.0)
+    else:
+        assert (model.config.runtime_compression, model.config.sce_source, model.config.adaptive_gp) == ("mlp", "prior", False)
+        assert model.gzsl_classifier.fc.in_features == 10
     assert results["dataset"] == "SUN" and results["num_test_unseen"] == 16
