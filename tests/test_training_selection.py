@@ -33,6 +33,11 @@ def test_view_holds_out_val_classes_and_a_share_of_seen_images(data):
     assert len(held) == pytest.approx(0.2 * len(data.splits["train_sub"]), abs=len(set(train)))
 
 
+def test_stage3_selection_needs_the_validation_protocol():
+    with pytest.raises(ValueError, match="--selection validation"):
+        parse_training_args(["--stage3_eval_every", "5"])
+
+
 def test_view_needs_a_validation_split(data):
     without = type(data)(name="x", splits=DatasetDict({k: data.splits[k] for k in ("train", "test_seen", "test_unseen")}),
                          semantics=data.semantics)
@@ -42,9 +47,11 @@ def test_view_needs_a_validation_split(data):
 
 def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--selection", "validation", "--classifier_epochs", "4",
-                     "--stage3_epochs", "1", "--plots", "false")
+                     "--stage3_epochs", "2", "--stage3_eval_every", "1", "--plots", "false")
     results = run_pipeline(parse_training_args(argv))
     selection = results["selection"]
+    assert selection["stage3_epochs_scored"] == [1, 2] and selection["stage3_epochs"] in (1, 2)
+    assert results["training_args"]["stage3_epochs"] == selection["stage3_epochs"]
     assert 1 <= selection["gzsl_epochs"] <= 4 and 1 <= selection["czsl_epochs"] <= 4
     assert results["classifier_epochs"] == {"gzsl": selection["gzsl_epochs"], "czsl": selection["czsl_epochs"]}
     assert results["protocol"].startswith("validation split")

@@ -57,6 +57,7 @@ class SCEGGTrainingArguments:
     classifier_lr: float = field(default=1e-3)
     eval_batch_size: int = field(default=256)
     selection: str = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
+    stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
     published_protocol: bool = field(default=False, metadata={"help": "also report the best classifier epoch on TEST (the published, test-selected numbers; labelled so)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps of a stage"})
@@ -70,6 +71,8 @@ class SCEGGTrainingArguments:
     def __post_init__(self) -> None:
         if self.selection not in ("fixed", "validation"):
             raise ValueError(f"--selection must be fixed or validation, got {self.selection!r}")
+        if self.stage3_eval_every and self.selection != "validation":
+            raise ValueError("--stage3_eval_every only applies with --selection validation")
         if self.stage1_optimizer not in ("rmsprop", "adam"):
             raise ValueError(f"--stage1_optimizer must be rmsprop or adam, got {self.stage1_optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

@@ -6,6 +6,10 @@ looking at test accuracy. Per-epoch scores, when asked for, are only returned to
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +47,73 @@ def _evaluate(ctx, accelerator, classifier, inputs: torch.Tensor, restrict: torc
     return (restrict.cpu()[predicted] if restrict is not None else predicted).numpy()
 
 
+@dataclass
+class ClassifierData:
+    """Inputs and targets of both classifiers, and the test features they are scored on."""
+
+    gzsl_x: torch.Tensor
+    gzsl_y: torch.Tensor
+    czsl_x: torch.Tensor
+    czsl_y: torch.Tensor
+    test_seen_x: torch.Tensor
+    test_unseen_x: torch.Tensor
+    refs_gzsl: np.ndarray
+    refs_czsl: np.ndarray
+    unseen: torch.Tensor
+
+    def scores(self, seen_predictions: np.ndarray, unseen_predictions: np.ndarray, czsl_predictions: np.ndarray) -> dict[str, float]:
+        """CZSL Acc and GZSL U / S / H in percent from predicted class ids."""
+        metric = ZSLAccuracy()
+        gz = metric.compute(predictions=np.concatenate([seen_predictions, unseen_predictions]),
+                            references=self.refs_gzsl, unseen_class_ids=self.unseen.tolist())
+        cz = metric.compute(predictions=czsl_predictions, references=self.refs_czsl)
+        return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
+                "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}
+
+
+def prepare_classifier_data(
+    ctx: RunContext, train_cache: dict[str, torch.Tensor], test_caches: dict[str, dict[str, torch.Tensor]]
+) -> ClassifierData:
+    """Real seen plus synthetic unseen features for GZSL, synthetic unseen alone for CZSL."""
+    unseen = ctx.model.unseen_class_ids.cpu()
+    _check_unseen_order(unseen)
+    syn_x, syn_y = synthesize_unseen(ctx)
+    return ClassifierData(
+        gzsl_x=classifier_inputs(ctx, torch.cat([train_cache["features"], syn_x])),
+        gzsl_y=torch.cat([train_cache["labels"], syn_y]),
+        czsl_x=classifier_inputs(ctx, syn_x),
+        czsl_y=torch.searchsorted(unseen, syn_y),
+        test_seen_x=classifier_inputs(ctx, test_caches["test_seen"]["features"]),
+        test_unseen_x=classifier_inputs(ctx, test_caches["test_unseen"]["features"]),
+        refs_gzsl=torch.cat([test_caches["test_seen"]["labels"], test_caches["test_unseen"]["labels"]]).numpy(),
+        refs_czsl=test_caches["test_unseen"]["labels"].numpy(),
+        unseen=unseen,
+    )
+
+
+def train_epoch(
+    classifier: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: np.random.Generator,
+    batch_size: int,
+    step: Callable[[torch.Tensor], float],
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> float:
+    """One shuffled pass; with several processes each takes its share of every batch."""
+    order = torch.from_numpy(rng.permutation(len(x)))
+    losses = []
+    for start in range(0, len(x), batch_size):
+        batch = order[start:start + batch_size]
+        if len(batch) < world:  # too short to give every process a sample: all skip it alike
+            continue
+        batch = batch[rank::world]
+        losses.append(step(F.cross_entropy(classifier(x[batch].to(device)), y[batch].to(device))))
+    return float(np.mean(losses))
+
+
 def train_and_evaluate_classifiers(
     ctx: RunContext,
     train_cache: dict[str, torch.Tensor],
@@ -59,51 +130,26 @@ def train_and_evaluate_classifiers(
     args, model = ctx.args, ctx.model
     gzsl_epochs, czsl_epochs = epochs or (args.classifier_epochs, args.classifier_epochs)
     accelerator = ctx.make_accelerator()
-    syn_x, syn_y = synthesize_unseen(ctx)
-    unseen = model.unseen_class_ids.cpu()
-    gzsl_x = classifier_inputs(ctx, torch.cat([train_cache["features"], syn_x]))
-    gzsl_y = torch.cat([train_cache["labels"], syn_y])
-    _check_unseen_order(unseen)
-    czsl_x = classifier_inputs(ctx, syn_x)
-    czsl_y = torch.searchsorted(unseen, syn_y)
-    test_seen_x = classifier_inputs(ctx, test_caches["test_seen"]["features"])
-    test_unseen_x = classifier_inputs(ctx, test_caches["test_unseen"]["features"])
-    refs_gzsl = torch.cat([test_caches["test_seen"]["labels"], test_caches["test_unseen"]["labels"]]).numpy()
-    refs_czsl = test_caches["test_unseen"]["labels"].numpy()
-
+    data = prepare_classifier_data(ctx, train_cache, test_caches)
     gzsl, czsl = model.gzsl_classifier.train(), model.czsl_classifier.train()
     optimizers = [torch.optim.Adam(m.parameters(), lr=args.classifier_lr, betas=(0.5, 0.999)) for m in (gzsl, czsl)]
     gzsl, czsl, opt_gzsl, opt_czsl = accelerator.prepare(gzsl, czsl, *optimizers)
     state = ctx.stage_state("classifiers", accelerator, per_process=False)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    metric = ZSLAccuracy()
-
-    def epoch(classifier, optimizer, x, y, rng) -> float:
-        order = torch.from_numpy(rng.permutation(len(x)))
-        losses = []
-        for start in range(0, len(x), args.syn_num):
-            batch = order[start:start + args.syn_num]
-            if len(batch) < world:  # too short to give every process a sample: all skip it alike
-                continue
-            batch = batch[rank::world]
-            loss = F.cross_entropy(classifier(x[batch].to(device)), y[batch].to(device))
-            losses.append(optimizer_step(accelerator, optimizer, loss))
-        return float(np.mean(losses))
+    shard = dict(device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes)
 
     def scores() -> dict[str, float]:
-        predictions = np.concatenate([_evaluate(ctx, accelerator, gzsl, test_seen_x, None),
-                                      _evaluate(ctx, accelerator, gzsl, test_unseen_x, None)])
-        gz = metric.compute(predictions=predictions, references=refs_gzsl, unseen_class_ids=unseen.tolist())
-        cz = metric.compute(predictions=_evaluate(ctx, accelerator, czsl, test_unseen_x, unseen), references=refs_czsl)
-        return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
-                "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}
+        return data.scores(_evaluate(ctx, accelerator, gzsl, data.test_seen_x, None),
+                           _evaluate(ctx, accelerator, gzsl, data.test_unseen_x, None),
+                           _evaluate(ctx, accelerator, czsl, data.test_unseen_x, data.unseen))
 
     def step(state) -> dict[str, float]:
         logs = {}
         if state.step < gzsl_epochs:
-            logs["gzsl_loss"] = epoch(gzsl, opt_gzsl, gzsl_x, gzsl_y, state.numpy_rng)
+            logs["gzsl_loss"] = train_epoch(gzsl, data.gzsl_x, data.gzsl_y, state.numpy_rng, args.syn_num,
+                                            lambda loss: optimizer_step(accelerator, opt_gzsl, loss), **shard)
         if state.step < czsl_epochs:
-            logs["czsl_loss"] = epoch(czsl, opt_czsl, czsl_x, czsl_y, state.numpy_rng)
+            logs["czsl_loss"] = train_epoch(czsl, data.czsl_x, data.czsl_y, state.numpy_rng, args.syn_num,
+                                            lambda loss: optimizer_step(accelerator, opt_czsl, loss), **shard)
         if score_every_epoch:
             state.extra.setdefault("scores_by_epoch", []).append(scores())
         return logs
@@ -111,10 +157,46 @@ def train_and_evaluate_classifiers(
     run_steps(ctx, accelerator, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
     model.gzsl_classifier.eval()
     model.czsl_classifier.eval()
-    results = {**scores(), "num_test_seen": int(len(test_seen_x)), "num_test_unseen": int(len(test_unseen_x)),
+    results = {**scores(), "num_test_seen": int(len(data.test_seen_x)), "num_test_unseen": int(len(data.test_unseen_x)),
                "num_synthetic_per_class": args.syn_num, "classifier_epochs": {"gzsl": gzsl_epochs, "czsl": czsl_epochs}}
     accelerator.free_memory()
     return results, state.extra.get("scores_by_epoch", [])
+
+
+def score_classifier_schedule(
+    ctx: RunContext, train_cache: dict[str, torch.Tensor], test_caches: dict[str, dict[str, torch.Tensor]], seed: int
+) -> list[dict[str, float]]:
+    """Scores after every epoch of copies of both (still untrained) classifiers, trained on this
+    process alone. Stage 3 calls it on validation data to choose its own epoch count; every
+    process computes the same numbers, so no communication is needed and training is untouched."""
+    args, model = ctx.args, ctx.model
+    device = model.class_attributes.device
+    data = prepare_classifier_data(ctx, train_cache, test_caches)
+    gzsl, czsl = copy.deepcopy(model.gzsl_classifier).train(), copy.deepcopy(model.czsl_classifier).train()
+    steps = [_local_step(torch.optim.Adam(m.parameters(), lr=args.classifier_lr, betas=(0.5, 0.999))) for m in (gzsl, czsl)]
+    rng = np.random.default_rng(seed)
+    by_epoch = []
+    for _ in range(args.classifier_epochs):
+        train_epoch(gzsl, data.gzsl_x, data.gzsl_y, rng, args.syn_num, steps[0], device)
+        train_epoch(czsl, data.czsl_x, data.czsl_y, rng, args.syn_num, steps[1], device)
+        with torch.no_grad():
+            by_epoch.append(data.scores(_predict(gzsl, data.test_seen_x, device), _predict(gzsl, data.test_unseen_x, device),
+                                        data.unseen[_predict(czsl, data.test_unseen_x, device)].numpy()))
+    return by_epoch
+
+
+def _local_step(optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], float]:
+    def step(loss: torch.Tensor) -> float:
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    return step
+
+
+def _predict(classifier: torch.nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 4096) -> np.ndarray:
+    return torch.cat([classifier(x[i:i + chunk].to(device)).argmax(-1).cpu() for i in range(0, len(x), chunk)]).numpy()
 
 
 def _check_unseen_order(unseen: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
-from .classifiers import best_epochs, train_and_evaluate_classifiers
+from .classifiers import best_epochs, score_classifier_schedule, train_and_evaluate_classifiers
 from .common import RunContext, silence_noisy_loggers
 from .selection import PROTOCOL as SELECTION_PROTOCOL
 from .selection import validation_view
@@ -166,14 +166,28 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
         data = load_data(args)
     selection = None
     if args.selection == "validation":
-        view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
-                                        published_protocol=False, push_to_hub=False, plots=False)
-        view = validation_view(data, args.seed)
-        _, by_epoch = _train_and_evaluate(view_args, view, score_every_epoch=True)
-        best = best_epochs(by_epoch)
-        selection = {"gzsl_epochs": best["gzsl_epoch"], "czsl_epochs": best["czsl_epoch"], "validation_scores": best,
-                     "validation_unseen_classes": [int(c) for c in view.semantics.unseen_class_ids]}
+        selection = _select_on_validation(args, data)
+        args = dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"])
     return _train_and_evaluate(args, data, selection=selection, score_every_epoch=args.published_protocol)[0]
+
+
+def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
+    """Run everything on the validation view and read off the epochs to use: the classifier
+    epochs, and with `--stage3_eval_every` also the stage-3 epoch count (best GZSL H)."""
+    view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
+                                    published_protocol=False, push_to_hub=False, plots=False)
+    view = validation_view(data, args.seed)
+    _, progress = _train_and_evaluate(view_args, view, score_every_epoch=True,
+                                      score_stage3_every=args.stage3_eval_every)
+    stage3_scores = progress.get("stage3_scores") or {}
+    if stage3_scores:
+        stage3_epochs = int(max(stage3_scores, key=lambda e: best_epochs(stage3_scores[e])["gzsl_h"]))
+        best = best_epochs(stage3_scores[str(stage3_epochs)])
+    else:
+        stage3_epochs, best = args.stage3_epochs, best_epochs(progress["scores_by_epoch"])
+    return {"stage3_epochs": stage3_epochs, "gzsl_epochs": best["gzsl_epoch"], "czsl_epochs": best["czsl_epoch"],
+            "validation_scores": best, "validation_unseen_classes": [int(c) for c in view.semantics.unseen_class_ids],
+            "stage3_epochs_scored": sorted(int(e) for e in stage3_scores)}
 
 
 def _train_and_evaluate(
@@ -181,8 +195,10 @@ def _train_and_evaluate(
     data: ZSLDataset,
     selection: dict[str, Any] | None = None,
     score_every_epoch: bool = False,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """One resumable run of all stages on `data`; returns the results and per-epoch scores."""
+    score_stage3_every: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One resumable run of all stages on `data`; returns the results and the run's progress
+    record (timings, per-epoch scores)."""
     tracker = _tracker(args)
     checkpoints = CheckpointManager(args.output_dir)
     _check_output_dir(args, checkpoints)
@@ -221,8 +237,13 @@ def _train_and_evaluate(
                             main_process_only=True)
         checkpoints.finish_stage(tracker, "stage2", _save_snapshot(ctx, caches, progress))
     if done < 3:
+        test_caches = {s: caches[s] for s in ("test_seen", "test_unseen")}
+        scorer = None
+        if score_stage3_every:
+            def scorer(epoch: int) -> list[dict[str, float]]:
+                return score_classifier_schedule(ctx, caches["train"], test_caches, seed=args.seed * 1_000 + epoch)
         with _Timer(timings, "stage3"):
-            train_stage3(ctx, caches["train"])
+            progress["stage3_scores"] = train_stage3(ctx, caches["train"], scorer, score_stage3_every)
         checkpoints.finish_stage(tracker, "stage3", _save_snapshot(ctx, caches, progress))
     if done < 4:
         epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if selection else None
@@ -237,7 +258,7 @@ def _train_and_evaluate(
         _write_outputs(ctx, data, caches, results)
     tracker.wait_for_everyone()
     tracker.end_training()
-    return results, progress["scores_by_epoch"]
+    return results, progress
 
 
 def _needs_stage2(config: SCEGGConfig) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -67,8 +68,17 @@ def _prepare(ctx: RunContext, accelerator) -> _Networks:
     return _Networks(*prepared)
 
 
-def train_stage3(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
-    """`train_cache` holds scaled `features` (N, D) in [0, 1] and `labels` (N,)."""
+def train_stage3(
+    ctx: RunContext,
+    train_cache: dict[str, torch.Tensor],
+    epoch_scorer: Callable[[int], list[dict[str, float]]] | None = None,
+    score_every: int = 0,
+) -> dict[str, list[dict[str, float]]]:
+    """`train_cache` holds scaled `features` (N, D) in [0, 1] and `labels` (N,).
+
+    With `epoch_scorer`, every `score_every` epochs (and after the last) its scores are kept,
+    keyed by epoch, checkpointed with the stage and returned: the validation run uses this to
+    choose how many stage-3 epochs the real run trains."""
     accelerator = ctx.make_accelerator()
     model, config, args = ctx.model, ctx.model.config, ctx.args
     ctx.model.eggn.train()
@@ -162,7 +172,16 @@ def train_stage3(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
         logs["gp_lambda"] = state.extra["gp_lambda"]
         return logs
 
-    total = args.stage3_epochs * steps_per_epoch(len(labels_np), args.batch_size, accelerator.num_processes)
-    run_steps(ctx, accelerator, "stage3", total, state, step)
+    per_epoch = steps_per_epoch(len(labels_np), args.batch_size, accelerator.num_processes)
+
+    def step_and_score(state) -> dict[str, float]:
+        logs = step(state)
+        epoch, finished_epoch = divmod(state.step + 1, per_epoch)
+        if epoch_scorer and finished_epoch == 0 and (epoch % max(score_every, 1) == 0 or epoch == args.stage3_epochs):
+            state.extra.setdefault("epoch_scores", {})[str(epoch)] = epoch_scorer(epoch)
+        return logs
+
+    run_steps(ctx, accelerator, "stage3", args.stage3_epochs * per_epoch, state, step_and_score)
     ctx.model.eggn.eval()
     accelerator.free_memory()
+    return state.extra.get("epoch_scores", {})
