@@ -54,7 +54,7 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     assert results["training_args"]["stage3_epochs"] == selection["stage3_epochs"]
     assert 1 <= selection["gzsl_epochs"] <= 4 and 1 <= selection["czsl_epochs"] <= 4
     assert results["classifier_epochs"] == {"gzsl": selection["gzsl_epochs"], "czsl": selection["czsl_epochs"]}
-    assert results["protocol"].startswith("validation split")
+    assert results["protocol"].startswith("validation split: classifier epochs and the stage-3 epoch count")
     view_results = json.loads((tmp_path / "out" / "validation" / "results.json").read_text())
     assert view_results["dataset"] == "synthetic (validation view)"
     assert selection["validation_unseen_classes"] != []

@@ -29,8 +29,7 @@ from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import best_epochs, score_classifier_schedule, train_and_evaluate_classifiers
 from .common import RunContext, silence_noisy_loggers
-from .selection import PROTOCOL as SELECTION_PROTOCOL
-from .selection import validation_view
+from .selection import protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
 from .stage3 import train_stage3
@@ -270,7 +269,7 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
     results = {
         "dataset": data.name,
         **progress["results"],
-        "protocol": SELECTION_PROTOCOL if selection else PROTOCOL,
+        "protocol": protocol_description(selection) if selection else PROTOCOL,
         "stage_seconds": progress["timings"],
         "stage2_fidelity": progress.get("stage2_fidelity"),
         "chance_czsl": 100.0 / len(data.semantics.unseen_class_ids),

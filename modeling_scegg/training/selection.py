@@ -15,9 +15,14 @@ from datasets import DatasetDict
 from ..data import ZSLDataset
 
 HELD_OUT_FRACTION = 0.2
-PROTOCOL = ("validation split: classifier epochs selected on val classes as pseudo-unseen and "
-            f"{HELD_OUT_FRACTION:.0%} of train_sub images per class held out as seen; stages 1-3 run their "
-            "fixed schedules; nothing is selected on test data")
+
+
+def protocol_description(selection: dict) -> str:
+    """What results.json and the card say about how the reported model was chosen."""
+    chosen = "classifier epochs and the stage-3 epoch count" if selection.get("stage3_epochs_scored") else "classifier epochs"
+    rest = "" if selection.get("stage3_epochs_scored") else "; stages 1-3 run their fixed schedules"
+    return (f"validation split: {chosen} selected on val classes as pseudo-unseen and {HELD_OUT_FRACTION:.0%} of "
+            f"train_sub images per class held out as seen{rest}; nothing is selected on test data")
 
 
 def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:
