@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.sampling import class_balanced_batches
+from ..data.sampling import ClassBalancedSampler
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel, stage1_loss_eq16
 from .common import RunContext, optimizer_step, run_steps, sharded_map
@@ -54,9 +54,10 @@ def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
     labels = reader.labels
     class_ids = model.seen_class_ids.to(accelerator.device) if config.stage1_classes == "seen" else None
     state = ctx.stage_state("stage1", accelerator)
+    sampler = ClassBalancedSampler(labels)
 
     def step(state) -> dict[str, float]:
-        indices = class_balanced_batches(labels, ctx.args.batch_size, state.numpy_rng)
+        indices = sampler.sample(ctx.args.batch_size, state.numpy_rng)
         regions = torch.from_numpy(reader.take(indices)).to(accelerator.device, torch.float32)
         targets = torch.from_numpy(labels[indices]).to(accelerator.device)
         with accelerator.autocast():

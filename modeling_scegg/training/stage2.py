@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.sampling import class_balanced_batches
+from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
 from .common import RunContext, optimizer_step, run_steps
 
@@ -19,13 +19,13 @@ def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
     head, optimizer = accelerator.prepare(head, optimizer)
     features = train_cache["features"].to(accelerator.device)
     targets = train_cache["local_scores"].to(accelerator.device)
-    labels_np = train_cache["labels"].numpy()
+    sampler = ClassBalancedSampler(train_cache["labels"].numpy())
     labels = train_cache["labels"].to(accelerator.device)
     seen = model.seen_class_ids.to(accelerator.device)
     state = ctx.stage_state("stage2", accelerator)
 
     def step(state) -> dict[str, float]:
-        indices = torch.from_numpy(class_balanced_batches(labels_np, ctx.args.batch_size, state.numpy_rng))
+        indices = torch.from_numpy(sampler.sample(ctx.args.batch_size, state.numpy_rng))
         indices = indices.to(accelerator.device)
         scores = head(features[indices])
         if config.stage2_objective == "regression":

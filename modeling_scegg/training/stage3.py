@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.sampling import class_balanced_batches
+from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import (
     adapt_gradient_penalty_weight,
     attribute_reconstruction_loss_eq12,
@@ -87,6 +87,7 @@ def train_stage3(
     classifier = model.scen.regression_head.eval().requires_grad_(False)
     features = train_cache["features"].to(device)
     labels_np = train_cache["labels"].numpy()
+    sampler = ClassBalancedSampler(labels_np)
     labels = train_cache["labels"].to(device)
     attributes = model.class_attributes.to(device)
     unseen = model.unseen_class_ids.to(device)
@@ -95,7 +96,7 @@ def train_stage3(
     use_egs = bool(config.lambda_s or config.lambda_u)
 
     def batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(class_balanced_batches(labels_np, args.batch_size, rng)).to(device)
+        idx = torch.from_numpy(sampler.sample(args.batch_size, rng)).to(device)
         y = labels[idx]
         return features[idx], attributes[y], y
 
