@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data import RegionFeatureReader, ZSLDataset
+from .evaluation import predict_split
 from .modeling_scegg import SCEGGModel
 from .visualization import plot_attention_maps, plot_training_curves, plot_tsne
 
@@ -35,8 +36,10 @@ def write_plots(
     written = []
     if history:
         written.append(plot_training_curves(history, folder / "training_curves.png", title=f"SC-EGG on {data.name}"))
-    dense = dense or {split: dense_features(model, RegionFeatureReader(data.splits[split]))
-                      for split in ("test_seen", "test_unseen")}
+    if dense is None:
+        predicted = {split: predict_split(model, RegionFeatureReader(data.splits[split]))
+                     for split in ("test_seen", "test_unseen")}
+        dense = {split: (torch.from_numpy(p["dense"]), torch.from_numpy(p["labels"])) for split, p in predicted.items()}
     real = torch.cat([dense["test_seen"][0], dense["test_unseen"][0]]).cpu().numpy()
     labels = torch.cat([dense["test_seen"][1], dense["test_unseen"][1]]).cpu().numpy()
     generator = torch.Generator().manual_seed(seed)
@@ -48,15 +51,6 @@ def write_plots(
     if model.config.dense_feature_source == "scen" and side * side == data.num_regions:
         written += _attention_plots(model, data, folder, num_attention_images)
     return written
-
-
-@torch.no_grad()
-def dense_features(model: SCEGGModel, reader: RegionFeatureReader, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scaled dense features g the classifiers see, with the labels, for one split."""
-    device = model.class_attributes.device
-    parts = [model(torch.from_numpy(x).to(device, torch.float32)).dense_features.cpu()
-             for x, _ in reader.iter_batches(batch_size)]
-    return torch.cat(parts), torch.from_numpy(np.asarray(reader.labels, dtype=np.int64))
 
 
 @torch.no_grad()

@@ -16,15 +16,17 @@ from .metric import ZSLAccuracy
 
 @torch.no_grad()
 def predict_split(model: SCEGGModel, reader: RegionFeatureReader, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """GZSL predictions (class ids), CZSL predictions (class ids) and labels of one split."""
+    """GZSL and CZSL predictions (class ids), the scaled dense features g and the labels of one split."""
     device = model.class_attributes.device
     unseen = torch.tensor(model.config.unseen_class_ids)
-    gzsl, czsl = [], []
+    gzsl, czsl, dense = [], [], []
     for features, _ in tqdm(reader.iter_batches(batch_size), total=-(-len(reader) // batch_size), desc="evaluate"):
         output = model(torch.from_numpy(features).to(device, torch.float32))
         gzsl.append(output.logits.argmax(-1).cpu())
         czsl.append(unseen[output.czsl_logits.argmax(-1).cpu()])
-    return {"gzsl": torch.cat(gzsl).numpy(), "czsl": torch.cat(czsl).numpy(), "labels": np.asarray(reader.labels)}
+        dense.append(output.dense_features.cpu())
+    return {"gzsl": torch.cat(gzsl).numpy(), "czsl": torch.cat(czsl).numpy(), "dense": torch.cat(dense).numpy(),
+            "labels": np.asarray(reader.labels, dtype=np.int64)}
 
 
 def evaluate_model(model: SCEGGModel, data: ZSLDataset, batch_size: int = 256) -> dict[str, float]:
