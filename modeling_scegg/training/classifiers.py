@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -164,7 +164,10 @@ def train_and_evaluate_classifiers(
 
 
 def score_classifier_schedule(
-    ctx: RunContext, train_cache: dict[str, torch.Tensor], test_caches: dict[str, dict[str, torch.Tensor]], seed: int
+    ctx: RunContext,
+    train_cache: dict[str, torch.Tensor],
+    test_caches: dict[str, dict[str, torch.Tensor]],
+    seed: Sequence[int],
 ) -> list[dict[str, float]]:
     """Scores after every epoch of copies of both (still untrained) classifiers, trained on this
     process alone. Stage 3 calls it on validation data to choose its own epoch count; every

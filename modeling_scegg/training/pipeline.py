@@ -240,7 +240,8 @@ def _train_and_evaluate(
         scorer = None
         if score_stage3_every:
             def scorer(epoch: int) -> list[dict[str, float]]:
-                return score_classifier_schedule(ctx, caches["train"], test_caches, seed=args.seed * 1_000 + epoch)
+                # a seed sequence of its own, so these shuffles never share a stream with a stage's
+                return score_classifier_schedule(ctx, caches["train"], test_caches, seed=(args.seed, 3, epoch))
         with _Timer(timings, "stage3"):
             progress["stage3_scores"] = train_stage3(ctx, caches["train"], scorer, score_stage3_every)
         checkpoints.finish_stage(tracker, "stage3", _save_snapshot(ctx, caches, progress))
