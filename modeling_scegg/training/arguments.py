@@ -12,7 +12,7 @@ import argparse
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
@@ -43,20 +43,23 @@ class SCEGGTrainingArguments:
     seed: int = field(default=42, metadata={"help": "seed of every random stream of the run"})
     batch_size: int = field(default=64, metadata={"help": "per-process batch of every stage (class-balanced, always full)"})
     stage1_iters: int = field(default=2000, metadata={"help": "SCEN iterations (L_S1)"})
-    stage1_optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper)"})
+    stage1_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
     stage1_lr: float = field(default=1e-4)
     stage2_iters: int = field(default=4000, metadata={"help": "regression-head iterations (L_SCR)"})
+    stage2_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
     stage2_lr: float = field(default=1e-4)
     stage3_epochs: int = field(default=300, metadata={"help": "EGGN epochs (one epoch = ceil(N_train / batch) generator steps per feedback loop)"})
-    stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G, D, Dec and F"})
-    encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr)"})
-    feedback_lr: float | None = field(default=None, metadata={"help": "learning rate of F (default: stage3_lr)"})
+    stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G and D (and of E, Dec, F unless set)"})
+    encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr, as published)"})
+    decoder_lr: float = field(default=1e-4, metadata={"help": "learning rate of the attribute decoder Dec (published dec_lr: 1e-4 on every dataset)"})
+    feedback_lr: float | None = field(default=None, metadata={"help": "learning rate of F (published feed_lr: CUB 1e-5, SUN and AWA2 1e-4; default: stage3_lr)"})
+    stage3_pass_order: Literal["epoch", "batch"] = field(default="epoch", metadata={"help": "epoch: each stage-3 epoch runs all its batches without feedback, then all with (published); batch: alternate the two at every batch"})
     critic_iters: int = field(default=5, metadata={"help": "critic steps per generator step"})
     syn_num: int = field(default=300, metadata={"help": "synthetic features per unseen class (also the classifier batch)"})
     classifier_epochs: int = field(default=25)
     classifier_lr: float = field(default=1e-3)
     eval_batch_size: int = field(default=256)
-    selection: str = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
+    selection: Literal["fixed", "validation"] = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
     stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
     published_protocol: bool = field(default=False, metadata={"help": "also report the best classifier epoch on TEST (the published, test-selected numbers; labelled so)"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
@@ -69,12 +72,9 @@ class SCEGGTrainingArguments:
     hub_private: bool = field(default=False)
 
     def __post_init__(self) -> None:
-        if self.selection not in ("fixed", "validation"):
-            raise ValueError(f"--selection must be fixed or validation, got {self.selection!r}")
+        _check_choices(self)
         if self.stage3_eval_every and self.selection != "validation":
             raise ValueError("--stage3_eval_every only applies with --selection validation")
-        if self.stage1_optimizer not in ("rmsprop", "adam"):
-            raise ValueError(f"--stage1_optimizer must be rmsprop or adam, got {self.stage1_optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("batch_size", "syn_num", "critic_iters", "checkpoint_every", "eval_batch_size"):
@@ -90,6 +90,14 @@ class SCEGGTrainingArguments:
     def model_config_overrides(self) -> dict[str, Any]:
         """Model fields from the preset's 'model' section and then `--model_overrides`."""
         return {**self.preset().get("model", {}), **parse_key_values(self.model_overrides, "--model_overrides")}
+
+
+def _check_choices(args: SCEGGTrainingArguments) -> None:
+    """Literal-typed fields accept only their choices, also when the dataclass is built in code
+    (the command line parser enforces them already)."""
+    for name, hint in get_type_hints(type(args)).items():
+        if get_origin(hint) is Literal and getattr(args, name) not in get_args(hint):
+            raise ValueError(f"--{name} must be one of {list(get_args(hint))}, got {getattr(args, name)!r}")
 
 
 def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from torch import nn
 from ..data.sampling import ClassBalancedSampler
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel, stage1_loss_eq16
-from .common import RunContext, optimizer_step, run_steps, sharded_map
+from .common import RunContext, optimizer_step, run_steps, scen_optimizer, sharded_map
 
 
 class Stage1Network(nn.Module):
@@ -37,19 +37,13 @@ class Stage1Network(nn.Module):
         return local_scores, self.global_classifier(self.compression(local))
 
 
-def _optimizer(ctx: RunContext, params) -> torch.optim.Optimizer:
-    args = ctx.args
-    if args.stage1_optimizer == "adam":
-        return torch.optim.Adam(params, lr=args.stage1_lr)
-    return torch.optim.RMSprop(params, lr=args.stage1_lr, momentum=0.9, weight_decay=1e-4)
-
-
 def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
     """Train the SCEN for `stage1_iters` iterations (resumable)."""
     accelerator = ctx.make_accelerator()
     model, config = ctx.model, ctx.model.config
     network = Stage1Network(model)
-    optimizer = _optimizer(ctx, [p for p in network.parameters() if p.requires_grad])
+    optimizer = scen_optimizer(ctx.args.stage1_optimizer, [p for p in network.parameters() if p.requires_grad],
+                               ctx.args.stage1_lr)
     network, optimizer = accelerator.prepare(network, optimizer)
     labels = reader.labels
     class_ids = model.seen_class_ids.to(accelerator.device) if config.stage1_classes == "seen" else None

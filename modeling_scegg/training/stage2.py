@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
-from .common import RunContext, optimizer_step, run_steps
+from .common import RunContext, optimizer_step, run_steps, scen_optimizer
 
 
 def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
@@ -15,7 +15,7 @@ def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
     accelerator = ctx.make_accelerator()
     model, config = ctx.model, ctx.model.config
     head = model.scen.regression_head.train()
-    optimizer = torch.optim.RMSprop(head.parameters(), lr=ctx.args.stage2_lr, momentum=0.9, weight_decay=1e-4)
+    optimizer = scen_optimizer(ctx.args.stage2_optimizer, head.parameters(), ctx.args.stage2_lr)
     head, optimizer = accelerator.prepare(head, optimizer)
     features = train_cache["features"].to(accelerator.device)
     targets = train_cache["local_scores"].to(accelerator.device)
