@@ -154,7 +154,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, kill_a
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("variant", ["published", "paper"])
 def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
     """`--dataset SUN --data_dir DIR --config hub_configs/sun-<variant>.json` on a tiny copy of the
     standard layout with a 3 x 3 region grid: every size is read from the files, and every paper
@@ -171,7 +171,7 @@ def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
     results = run_pipeline(parse_training_args(argv))
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert (model.config.num_regions, model.config.feature_dim, model.config.num_attributes) == (9, 10, 6)
-    if variant == "official":
+    if variant == "published":
         assert (model.config.lambda_s, model.config.lambda_u, model.config.gamma_d) == (1.0, 0.001, 1.0)
     else:
         assert (model.config.runtime_compression, model.config.sce_source, model.config.adaptive_gp) == ("mlp", "prior", False)

@@ -1,20 +1,33 @@
 """Every knob of a training run, as one dataclass that `HfArgumentParser` turns into flags.
 
-A preset (`--config hub_configs/cub-official.json`) holds a `"model"` section (SCEGGConfig
-fields) and a `"training"` section (fields of this class); flags given on the command line win
-over the preset, and `--model_overrides key=value ...` changes single model fields (the ablations).
-The built-in synthetic data has its own preset, used when no `--config` is given: the published
-network widths (4096) and schedules would take hours on a CPU for data this small.
+A preset (`--config cub-published`, a shipped name, or `--config my.json`) holds a `"model"`
+section (SCEGGConfig fields), a `"training"` section (fields of this class), a `"description"`
+and, in the shipped presets, `"sources"`: where each value comes from. Flags given on the command
+line win over the preset, and `--model_overrides key=value ...` changes single model fields (the
+ablations). Without `--config`, a standard dataset name picks its default preset
+(`DEFAULT_PRESETS`) and the built-in synthetic data its own small one: the published network
+widths (4096) and schedules would take hours on a CPU for data this small.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+# Where the shipped presets are: beside the installed package (wheels), or at the top of the
+# source checkout (editable installs).
+PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__file__).resolve().parents[2] / "hub_configs")
+# The preset a standard dataset name trains with when no --config is given; each was chosen on
+# validation data (README, "Presets").
+DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-published"}
+PRESET_SECTIONS = {"model", "training", "description", "sources"}
 
 BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {
@@ -85,7 +98,7 @@ class SCEGGTrainingArguments:
 
     def preset(self) -> dict[str, Any]:
         """The `--config` preset, else the built-in one of the dataset (if any)."""
-        return read_preset(self.config) if self.config else BUILTIN_PRESETS.get(self.dataset, {})
+        return dataset_preset(self.config, self.dataset)
 
     def model_config_overrides(self) -> dict[str, Any]:
         """Model fields from the preset's 'model' section and then `--model_overrides`."""
@@ -114,18 +127,44 @@ def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     return parsed
 
 
-def read_preset(path: str | Path) -> dict[str, Any]:
+def shipped_presets() -> list[str]:
+    """Names of the presets that ship with the package."""
+    return sorted({p.stem for folder in PRESET_FOLDERS if folder.is_dir() for p in folder.glob("*.json")})
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset file: a path as given, or the shipped preset of that name (`cub-published`)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix == ".json":
+        return path
+    for folder in PRESET_FOLDERS:
+        if (folder / f"{name_or_path}.json").is_file():
+            return folder / f"{name_or_path}.json"
+    raise FileNotFoundError(f"no preset file or shipped preset named {name_or_path!r}; shipped: {shipped_presets()}")
+
+
+def dataset_preset(config: str | None, dataset: str) -> dict[str, Any]:
+    """The preset a run uses: `--config`, else the default of a standard dataset name, else the
+    built-in one (synthetic data), else none (the dataclass defaults)."""
+    if config:
+        return read_preset(config)
+    if dataset.upper() in DEFAULT_PRESETS:
+        return read_preset(DEFAULT_PRESETS[dataset.upper()])
+    return BUILTIN_PRESETS.get(dataset, {})
+
+
+def read_preset(name_or_path: str | Path) -> dict[str, Any]:
     """Load a preset JSON, checking its sections so a typo does not silently fall back to defaults."""
-    path = Path(path)
+    path = preset_path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"preset {path} does not exist (see hub_configs/ for the shipped ones)")
+        raise FileNotFoundError(f"preset {path} does not exist (shipped presets: {shipped_presets()})")
     try:
         preset = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"preset {path} is not valid JSON: {error}") from error
-    unknown = set(preset) - {"model", "training", "description"}
+    unknown = set(preset) - PRESET_SECTIONS
     if unknown:
-        raise ValueError(f"preset {path} has unknown sections {sorted(unknown)}; expected 'model' and 'training'")
+        raise ValueError(f"preset {path} has unknown sections {sorted(unknown)}; expected {sorted(PRESET_SECTIONS)}")
     known = {f.name for f in fields(SCEGGTrainingArguments)}
     bad = set(preset.get("training", {})) - known
     if bad:
@@ -140,7 +179,14 @@ def parse_training_args(argv: Sequence[str] | None = None) -> SCEGGTrainingArgum
     pre.add_argument("--dataset", default="synthetic")
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser(SCEGGTrainingArguments)
-    preset = read_preset(known.config) if known.config else BUILTIN_PRESETS.get(known.dataset, {})
-    parser.set_defaults(**preset.get("training", {}))
+    default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
+    preset = dataset_preset(known.config, known.dataset)
+    parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if default:
+        logger.info("--dataset %s without --config: training with its default preset %s (%s)", known.dataset, default,
+                    preset_path(default))
+    elif not known.config and known.dataset not in BUILTIN_PRESETS:
+        logger.warning("--dataset %s has no preset: training with the built-in defaults (pass --config to choose one; "
+                       "shipped: %s)", known.dataset, ", ".join(shipped_presets()))
     return args
