@@ -101,6 +101,10 @@ class SCEGGConfig(PretrainedConfig):
     Final classifiers:
         classifier_input (`str`, defaults to `"augmented"`): the classifiers see
             [x, Dec(x), Dec_hidden(x)] (published TF-VAEGAN) or x alone (`"plain"`).
+        seen_score_offset (`float`, defaults to 0.0): calibrated stacking (Chao et al., ECCV 2016):
+            subtracted from every seen class's GZSL score before the argmax, to counter the bias
+            towards seen classes. Training sets it with `--calibration validation` (chosen on the
+            validation view, never on test); 0 is the uncalibrated classifier.
     """
 
     model_type = "scegg"
@@ -149,6 +153,7 @@ class SCEGGConfig(PretrainedConfig):
     freeze_decoder: bool = False
 
     classifier_input: str = "augmented"
+    seen_score_offset: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.seen_class_ids is None and self.unseen_class_ids is None:

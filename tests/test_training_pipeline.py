@@ -40,7 +40,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("run")
-    args = parse_training_args(tiny_argv(out, cache_dir, "--published_protocol", "true"))
+    args = parse_training_args(tiny_argv(out, cache_dir, "--published_protocol", "full"))
     return out, run_pipeline(args), args
 
 
@@ -60,6 +60,30 @@ def test_outputs_of_a_run(finished_run):
     for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "after_classifiers"]
+
+
+def test_published_protocol_reports_both_selection_levels(finished_run):
+    """The published numbers are the best classifier epoch on test after every stage-3 epoch,
+    then the best stage-3 epoch (CZSL and GZSL separately); each level is kept and labelled."""
+    _, results, _ = finished_run
+    published = results["published_protocol"]
+    per_epoch = published["per_stage3_epoch"]
+    assert sorted(per_epoch) == ["1", "2", "3"] and "every stage-3 epoch" in published["label"]
+    assert published["czsl_acc"] == max(e["czsl_acc"] for e in per_epoch.values())
+    assert published["gzsl_h"] == max(e["gzsl_h"] for e in per_epoch.values())
+    assert per_epoch[str(published["gzsl_stage3_epoch"])]["gzsl_h"] == published["gzsl_h"]
+    assert all(1 <= e["czsl_epoch"] <= 3 and 1 <= e["gzsl_epoch"] <= 3 for e in per_epoch.values())
+
+
+def test_published_protocol_classifier_level():
+    from modeling_scegg.training.pipeline import published_protocol_results
+
+    scores = [{"czsl_acc": a, "gzsl_unseen": u, "gzsl_seen": 50.0, "gzsl_h": h} for a, u, h in
+              ((10.0, 5.0, 9.0), (30.0, 6.0, 11.0), (20.0, 7.0, 10.0))]
+    args = parse_training_args(["--published_protocol", "classifier"])
+    result = published_protocol_results(args, {"scores_by_epoch": scores})
+    assert (result["czsl_acc"], result["czsl_epoch"], result["gzsl_h"], result["gzsl_epoch"]) == (30.0, 2, 11.0, 2)
+    assert "after the last stage-3 epoch" in result["label"]
 
 
 def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):

@@ -92,9 +92,13 @@ def scen_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
-def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    """Backward (through Accelerate, for loss scaling and DDP), step, clear; returns the loss."""
-    accelerator.backward(loss)
+def optimizer_step(accelerator: Accelerator | None, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """Backward (through Accelerate, for loss scaling and DDP, unless the networks are local
+    copies that no Accelerator prepared), step, clear; returns the loss."""
+    if accelerator is None:
+        loss.backward()
+    else:
+        accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad()
     return loss.item()
