@@ -57,7 +57,8 @@ def test_outputs_of_a_run(finished_run):
     assert "TEST" in saved["published_protocol"]["label"]
     for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
         assert 0.0 <= saved[key] <= 100.0
-    for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png"):
+    for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png",
+                "gzsl_per_class_test_seen.png", "gzsl_per_class_test_unseen.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "after_classifiers"]
 
@@ -129,7 +130,8 @@ def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):
         main(["evaluate", str(out), "synthetic", "--cache_dir", str(tmp_path / "cache")])
     assert main(["plot", str(out), str(tmp_path / "layout"), "--cache_dir", str(tmp_path / "cache"),
                  "--output", str(tmp_path / "plots"), "--attention_images", "1"]) == 0
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "tsne_dense_features.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "gzsl_per_class_test_seen.png",
+                                                                  "gzsl_per_class_test_unseen.png", "tsne_dense_features.png"]
 
 
 def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):

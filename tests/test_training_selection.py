@@ -70,7 +70,7 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     offset = selection["calibration"]["seen_score_offset"]
     assert offset == selection["validation_scores"]["seen_score_offset"] == results["calibration"]["seen_score_offset"]
     assert "calibrated-stacking" in results["protocol"] and "never on test" in results["calibration"]["method"]
-    assert set(results["uncalibrated"]) == {"gzsl_unseen", "gzsl_seen", "gzsl_h"}
+    assert set(results["uncalibrated"]) == {"gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen"}
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert model.config.seen_score_offset == offset
     recomputed = evaluate_model(model, load_data(args), batch_size=16)

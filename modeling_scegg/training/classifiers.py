@@ -69,8 +69,11 @@ class ClassifierData:
         features, the GZSL ones after `seen_score_offset`. With `calibrate` (held-out data only:
         the validation view), also the offset that maximises H there, under "calibration"."""
         gzsl_scores = np.concatenate([gzsl_seen, gzsl_unseen])
-        result = zsl_scores(calibrated_predictions(gzsl_scores, self.seen.tolist(), seen_score_offset), self.refs_gzsl,
-                            self.unseen.numpy()[czsl.argmax(axis=1)], self.refs_czsl, self.unseen.tolist())
+        predicted = calibrated_predictions(gzsl_scores, self.seen.tolist(), seen_score_offset)
+        result = zsl_scores(predicted, self.refs_gzsl, self.unseen.numpy()[czsl.argmax(axis=1)], self.refs_czsl,
+                            self.unseen.tolist())
+        # the symptom of a collapse to the seen classes: unseen test images called seen classes
+        result["gzsl_unseen_as_seen"] = 100 * float(np.isin(predicted[len(gzsl_seen):], self.seen.numpy()).mean())
         if calibrate:
             result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(), self.unseen.tolist())
         return result
