@@ -177,7 +177,7 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     if args.selection == "validation" or args.calibration == "validation":
         selection = _select_on_validation(args, data)
         args = dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"])
-    return _train_and_evaluate(args, data, selection=selection)[0]
+    return train_and_evaluate(args, data, selection=selection)[0]
 
 
 def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dic
     view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
                                     published_protocol="off", push_to_hub=False, plots=False)
     view = validation_view(data, args.seed)
-    _, progress = _train_and_evaluate(view_args, view, view=True)
+    _, progress = train_and_evaluate(view_args, view, view=True)
     calibrated, selects = args.calibration == "validation", args.selection == "validation"
     stage3_scores = progress.get("stage3_scores") or {}
     if stage3_scores:
@@ -308,7 +308,7 @@ def _run_classifiers(run: _Run, selection: dict | None, score_every_epoch: bool,
     run.finish("classifiers")
 
 
-def _train_and_evaluate(
+def train_and_evaluate(
     args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict[str, Any] | None = None, view: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One resumable run of all stages on `data` (the validation view with `view`); returns the
