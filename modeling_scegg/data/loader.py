@@ -22,6 +22,7 @@ from datasets import DatasetDict
 from filelock import FileLock
 from huggingface_hub import HfApi
 
+from .attribute_text import ensure_word_vectors
 from .backbone import model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
@@ -173,6 +174,7 @@ def load_zsl_dataset(
     image_backbone: str | os.PathLike | ResNetModel | None = None,
     class_attributes_file: str | os.PathLike | None = None,
     image_options: dict | None = None,
+    attribute_encoder: str | None = None,
 ) -> ZSLDataset:
     """Load a zero-shot benchmark as memory-mapped Arrow splits plus its class semantics.
 
@@ -190,6 +192,12 @@ def load_zsl_dataset(
 
     ``clip_negative_attributes`` clips the few negative AWA2 ``att`` entries to 0 (and
     re-normalises); it is applied at load time, so it never triggers a new conversion.
+
+    ``attribute_encoder`` (a sentence encoder's Hub id or folder, e.g.
+    :data:`.attribute_text.DEFAULT_ATTRIBUTE_ENCODER`) guarantees attribute word vectors, as
+    training needs them: a source without them gets its attribute names embedded (see
+    :mod:`.attribute_text`), and one without names either is an error. Without it a missing
+    ``semantics.word_vectors`` stays None (evaluation uses the model's own).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if synthetic_config is not None and name_or_path != "synthetic":
@@ -211,4 +219,6 @@ def load_zsl_dataset(
         )
     if clip_negative_attributes:
         dataset.semantics = clip_negative(dataset.semantics)
+    if attribute_encoder is not None:
+        dataset = ensure_word_vectors(dataset, attribute_encoder)
     return dataset

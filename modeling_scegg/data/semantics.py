@@ -38,6 +38,8 @@ class ClassSemantics:
     word_vectors: np.ndarray | None
     attribute_names: list[str] | None
     val_class_ids: np.ndarray | None = None
+    # the sentence encoder that embedded the attribute names when the source had no word vectors
+    attribute_encoder: str | None = None
 
     @property
     def num_classes(self) -> int:

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser
 
+from ..data.attribute_text import DEFAULT_ATTRIBUTE_ENCODER
+
 BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {
         "model": {"encoder_hidden_dim": 512, "generator_hidden_dim": 512, "critic_hidden_dim": 512,
@@ -34,6 +36,7 @@ class SCEGGTrainingArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default ~/.cache/scegg)"})
     class_attributes_file: str | None = field(default=None, metadata={"help": "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)"})
     image_backbone: str | None = field(default=None, metadata={"help": "for an image folder: torchvision ResNet-101 weights file, or a transformers ResNet folder / Hub id"})
+    attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors"})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of a dataset repo"})
     config: str | None = field(default=None, metadata={"help": "a preset JSON with 'model' and 'training' sections"})

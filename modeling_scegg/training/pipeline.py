@@ -55,7 +55,7 @@ def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                             clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
                             class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
-                            **extra)
+                            attribute_encoder=args.attribute_encoder, **extra)
 
 
 def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
@@ -70,6 +70,8 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
     )
     if semantics.word_vectors is not None:
         fixed["word_dim"] = int(semantics.word_vectors.shape[1])
+    if semantics.attribute_encoder is not None:
+        fixed["attribute_encoder"] = semantics.attribute_encoder
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
