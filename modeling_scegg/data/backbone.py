@@ -7,10 +7,12 @@ to this torch, so the network is transformers' ``ResNetModel`` and torchvision c
 renamed into its layout (:func:`convert_torchvision_resnet_state_dict`); the architectures are the
 same ResNet v1.5 (stride on the 3x3 conv of a bottleneck, ``downsample_in_bottleneck=False``).
 
-Weights sources accepted by :func:`build_resnet101`:
+Weights sources accepted by :func:`build_resnet101` (there is no default: a model that silently
+ran on random weights would predict noise while looking fine):
 
-* ``None``: random initialisation, for tests and benchmarks only (the features mean nothing, and
-  at 448 px their magnitude overflows float16 storage).
+* ``"random"`` (:data:`RANDOM_BACKBONE`): a fixed random initialisation, for tests and benchmarks
+  only (the features mean nothing, and at 448 px their magnitude overflows float16 storage). It is
+  seeded, so every build gives the same weights and cached features stay consistent.
 * a torchvision state dict file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` read with
   ``torch.load(weights_only=True)`` (never plain unpickling), e.g. ``resnet101-63fe2227.pth``
   (IMAGENET1K_V1, what the paper's features were computed with).
@@ -24,6 +26,7 @@ pixel for pixel: resize the short side to the crop size (bilinear), centre crop,
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from contextlib import nullcontext
@@ -38,8 +41,12 @@ from transformers import BitImageProcessorPil, ResNetConfig, ResNetModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 DEFAULT_CROP_SIZE = 448
+RANDOM_BACKBONE = "random"
+_RANDOM_BACKBONE_SEED = 0
 TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+logger = logging.getLogger(__name__)
 
 _TV_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
 _TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
@@ -159,11 +166,24 @@ def _from_pretrained(name_or_path: str) -> ResNetModel:
         ) from error
 
 
-def build_resnet101(weights: str | os.PathLike | None = None) -> ResNetModel:
-    """ResNet-101 in eval mode: random (``None``), torchvision file, or transformers checkpoint."""
+def random_resnet101() -> ResNetModel:
+    """ResNet-101 with seeded random weights (the same on every call), for tests and benchmarks."""
+    logger.warning("using a RANDOM ResNet-101 (--image_backbone random): its features are for tests only")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_BACKBONE_SEED)
+        return ResNetModel(resnet101_config()).eval()
+
+
+def build_resnet101(weights: str | os.PathLike) -> ResNetModel:
+    """ResNet-101 in eval mode from a torchvision file, a transformers checkpoint, or ``"random"``."""
     if weights is None:
-        model = ResNetModel(resnet101_config())
-    elif Path(weights).is_file():
+        raise ValueError(
+            "no backbone weights given: pass a torchvision ResNet-101 file (.pth / .safetensors), a transformers "
+            f"ResNet folder or Hub id, or {RANDOM_BACKBONE!r} for random weights (tests and benchmarks only)"
+        )
+    if str(weights) == RANDOM_BACKBONE:
+        return random_resnet101()
+    if Path(weights).is_file():
         state_dict = convert_torchvision_resnet_state_dict(load_torchvision_state_dict(weights))
         state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
         with torch.device("meta"):

@@ -185,7 +185,7 @@ def load_zsl_dataset(
       vectors under ``data_dir`` (layout in :mod:`.xlsa17`);
     * an image folder, when ``class_attributes_file`` is given: ResNet-101 region features are
       extracted with ``image_backbone`` (a torchvision ResNet-101 file, a transformers ResNet
-      folder / Hub id, a built ``ResNetModel``, or None for random weights in tests; see
+      folder / Hub id, a built ``ResNetModel``, or ``"random"`` for tests; required; see
       :mod:`.images`); ``image_options`` go to :func:`.images.load_image_folder`;
     * a local folder or Hub dataset id in the layout of :mod:`.hub_layout` (``revision`` pins
       a Hub commit).
