@@ -19,9 +19,10 @@ ran on random weights would predict noise while looking fine):
 * a transformers ResNet checkpoint: a local folder with ``config.json`` or a Hub id such as
   ``"microsoft/resnet-101"`` (through ``ResNetModel.from_pretrained``).
 
-Preprocessing (:class:`ImagePreprocessor`) follows the common ZSL region-feature pipeline
-pixel for pixel: resize the short side to the crop size (bilinear), centre crop, scale to
-[0, 1], ImageNet mean/std, RGB, i.e. torchvision's Resize / CenterCrop / ToTensor / Normalize.
+Preprocessing (:class:`ImagePreprocessor`, i.e. the model's ``SCEGGImageProcessor``) follows the
+common ZSL region-feature pipeline pixel for pixel: resize the short side to the crop size
+(bilinear), centre crop, scale to [0, 1], ImageNet mean/std, RGB, i.e. torchvision's Resize /
+CenterCrop / ToTensor / Normalize.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BitImageProcessorPil, ResNetConfig, ResNetModel
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers import ResNetConfig, ResNetModel
+
+from ..image_processing_scegg import SCEGGImageProcessor
 
 DEFAULT_CROP_SIZE = 448
 RANDOM_BACKBONE = "random"
@@ -199,13 +201,9 @@ def build_resnet101(weights: str | os.PathLike) -> ResNetModel:
 class ImagePreprocessor:
     """PIL images -> (n, 3, crop, crop) float32 pixels, exactly as torchvision's pipeline.
 
-    transformers' ``BitImageProcessorPil`` does the resize (short side, bilinear, torchvision's
-    size rounding) and the ImageNet normalisation. The centre crop is done here because its
-    offset is ``(size - crop) // 2`` while torchvision's ``CenterCrop`` rounds half to even: on
-    about a quarter of real images the two crops sit one pixel apart, and the reference region
-    features were made with torchvision's. RGB conversion is PIL's ``convert("RGB")`` (alpha
-    dropped), as torchvision's ImageFolder loader does; transformers' own conversion would
-    composite transparency onto white. Holds no model, so DataLoader workers can pickle it.
+    The work is done by the model's own :class:`~modeling_scegg.image_processing_scegg.SCEGGImageProcessor`
+    (saved with every trained model), so extracted training features and predictions from pictures
+    see the same pixels. Holds no model, so DataLoader workers can pickle it.
     """
 
     def __init__(self, crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> None:
@@ -215,24 +213,11 @@ class ImagePreprocessor:
                 f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}"
             )
         self.crop_size = crop_size
-        self.processor = BitImageProcessorPil(
-            size={"shortest_edge": resize_size},
-            do_center_crop=False,
-            resample=PILImageResampling.BILINEAR,
-            image_mean=IMAGENET_DEFAULT_MEAN,
-            image_std=IMAGENET_DEFAULT_STD,
-            do_convert_rgb=False,
-        )
-
-    def _center_crop(self, pixels: np.ndarray) -> np.ndarray:
-        height, width = pixels.shape[-2:]
-        top = int(round((height - self.crop_size) / 2.0))
-        left = int(round((width - self.crop_size) / 2.0))
-        return pixels[:, top : top + self.crop_size, left : left + self.crop_size]
+        self.processor = SCEGGImageProcessor(size={"shortest_edge": resize_size},
+                                             crop_size={"height": crop_size, "width": crop_size})
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        resized = self.processor([image.convert("RGB") for image in images])["pixel_values"]
-        return torch.from_numpy(np.stack([self._center_crop(np.asarray(p)) for p in resized]).astype(np.float32))
+        return self.processor(list(images), return_tensors="pt")["pixel_values"].float()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
