@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 _CHOICES = {
     "stage1_classes": ("seen", "all"),
@@ -100,9 +101,20 @@ class SCEGGConfig(PretrainedConfig):
     Final classifiers:
         classifier_input (`str`, defaults to `"augmented"`): the classifiers see
             [x, Dec(x), Dec_hidden(x)] (published TF-VAEGAN) or x alone (`"plain"`).
+
+    Pictures in ([`SCEGGForImageClassification`]):
+        backbone_config (`ResNetConfig` or `dict`, *optional*): the region backbone, in transformers'
+            backbone conventions: a ResNet whose last stage (`out_features=["stage4"]`) gives an
+            H x W map of `feature_dim` channels, read row-major as `num_regions` = H * W regions.
+            None for a model that takes region features only (its checkpoint holds no backbone).
+        feature_backbone (`str`, *optional*): the backbone weights that computed the region features
+            the model was trained on, as `"sha256:<hex>"` over every weight and buffer (the same for
+            a torchvision .pth, its safetensors conversion or a Hub copy); `scegg attach-backbone`
+            refuses other weights. None when unknown (precomputed features, synthetic data).
     """
 
     model_type = "scegg"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="resnet", optional=True)}
 
     feature_dim: int = 2048
     num_regions: int = 196
@@ -148,6 +160,9 @@ class SCEGGConfig(PretrainedConfig):
     freeze_decoder: bool = False
 
     classifier_input: str = "augmented"
+
+    backbone_config: dict | PretrainedConfig | None = None
+    feature_backbone: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.seen_class_ids is None and self.unseen_class_ids is None:

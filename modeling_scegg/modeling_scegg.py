@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
 from transformers.utils import ModelOutput
 
 from .configuration_scegg import SCEGGConfig
@@ -38,6 +39,7 @@ class SCEGGOutput(ModelOutput):
     """Predictions of SC-EGG for a batch of images.
 
     Args:
+        loss: the cross entropy of `logits` against `labels` (GZSL, all classes), when labels are given.
         logits: (B, C) GZSL scores over all classes, in class-id order.
         czsl_logits: (B, Cu) CZSL scores over the unseen classes, in `config.unseen_class_ids` order.
         dense_features: (B, D) the min-max scaled dense-semantic feature g the classifiers see.
@@ -45,6 +47,7 @@ class SCEGGOutput(ModelOutput):
         attentions: (B, A, R) attribute attention over regions, with `output_attentions=True`.
     """
 
+    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     czsl_logits: torch.FloatTensor | None = None
     dense_features: torch.FloatTensor | None = None
@@ -482,6 +485,19 @@ class SCEGGPreTrainedModel(PreTrainedModel):
     config_class = SCEGGConfig
     base_model_prefix = "scegg"
     main_input_name = "region_features"
+    # a checkpoint with an embedded backbone still loads as SCEGGModel, which reads region features
+    _keys_to_ignore_on_load_unexpected = [r"^backbone\."]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; once the classes are registered for remote code, the
+        saved auto_map names both: AutoModel (region features in) and AutoModelForImageClassification
+        (pictures in), whichever of the two is saved."""
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    "AutoModel": f"{module}.SCEGGModel",
+                                    "AutoModelForImageClassification": f"{module}.SCEGGForImageClassification"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Each network gets the init of the code it follows: torch's default for the SCEN heads,
@@ -521,7 +537,12 @@ class SCEGGModel(SCEGGPreTrainedModel):
         self.gzsl_classifier = SCEGGLinearClassifier(config.classifier_input_dim, config.num_classes)
         self.czsl_classifier = SCEGGLinearClassifier(config.classifier_input_dim, config.num_unseen_classes)
         self.register_buffer("class_attributes", torch.zeros(config.num_classes, config.num_attributes))
+        self._init_backbone(config)
         self.post_init()
+
+    def _init_backbone(self, config: SCEGGConfig) -> None:
+        """SCEGGModel reads region features; SCEGGForImageClassification adds its ResNet here,
+        before `post_init` collects the sub-models' loading rules."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -657,6 +678,73 @@ class SCEGGModel(SCEGGPreTrainedModel):
         return features, labels
 
 
+class SCEGGForImageClassification(SCEGGModel):
+    """SC-EGG on pictures: the ResNet region backbone described by `config.backbone_config` turns
+    `pixel_values` into the (B, R, D) region features the model was trained on, then the SCEN and
+    the classifiers of SCEGGModel run on them. Region features stay an accepted input (training
+    and evaluation keep their cached fast path); the backbone's weights live in the same
+    checkpoint under `backbone.`."""
+
+    main_input_name = "pixel_values"
+
+    def _init_backbone(self, config: SCEGGConfig) -> None:
+        self.backbone = load_backbone(config) if config.backbone_config is not None else None
+        if self.backbone is not None and self.backbone.channels[-1] != config.feature_dim:
+            raise ValueError(f"the backbone's last stage has {self.backbone.channels[-1]} channels but the model "
+                             f"reads region features of feature_dim={config.feature_dim}")
+
+    def pixel_region_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, R, D): the last backbone stage's map, regions row-major over
+        it, exactly as region features are extracted and stored for training."""
+        if self.backbone is None:
+            raise ValueError(
+                "this checkpoint has no region backbone (config.backbone_config is None): it classifies region "
+                "features. Embed the backbone its features came from with `scegg attach-backbone MODEL WEIGHTS "
+                "--output DIR`, or pass region_features"
+            )
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a tensor of shape (batch, 3, height, width), got {shape}")
+        dtype = next(self.backbone.parameters()).dtype
+        feature_map = self.backbone(pixel_values.to(dtype)).feature_maps[-1]
+        regions = feature_map.flatten(2).transpose(1, 2)
+        if regions.shape[1] != self.config.num_regions:
+            raise ValueError(
+                f"pixel_values of shape {tuple(pixel_values.shape)} give a {feature_map.shape[2]} x {feature_map.shape[3]} "
+                f"map = {regions.shape[1]} regions, but the model was trained on num_regions={self.config.num_regions}: "
+                f"preprocess images with the model's own image processor (AutoImageProcessor)"
+            )
+        return regions
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+    ) -> SCEGGOutput | tuple[torch.Tensor, ...]:
+        """Classify images from `pixel_values` (B, 3, H, W) or their `region_features` (B, R, D);
+        `labels` (B,) class ids add the GZSL cross entropy as `loss`."""
+        if (pixel_values is None) == (region_features is None):
+            raise ValueError("pass exactly one of pixel_values (B, 3, H, W) and region_features (B, R, D)")
+        if pixel_values is not None:
+            region_features = self.pixel_region_features(pixel_values)
+        output = super().forward(region_features, output_attentions=output_attentions, return_dict=True)
+        if labels is not None:
+            output = SCEGGOutput(loss=gzsl_cross_entropy(output.logits, labels), **output)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+def gzsl_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The final GZSL classifier's objective (cross entropy over all classes), for labelled images."""
+    labels = torch.as_tensor(labels, device=logits.device).long().flatten()
+    if labels.shape[0] != logits.shape[0] or ((labels < 0) | (labels >= logits.shape[-1])).any():
+        raise ValueError(f"labels must be {logits.shape[0]} class ids in [0, {logits.shape[-1]}), got {labels.tolist()[:8]}")
+    return F.cross_entropy(logits, labels)
+
+
 _SIZE_FIELDS = ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
                 "num_unseen_classes", "classifier_input_dim", "resolved_sc_hidden_dim",
                 "regression_hidden_dim", "resolved_latent_dim", "encoder_hidden_dim",
@@ -691,6 +779,7 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 __all__ = [
+    "SCEGGForImageClassification",
     "SCEGGModel",
     "SCEGGOutput",
     "SCEGGPreTrainedModel",
@@ -707,6 +796,7 @@ __all__ = [
     "adapt_gradient_penalty_weight",
     "attribute_reconstruction_loss_eq12",
     "embedding_guided_synthesis_loss_eq13",
+    "gzsl_cross_entropy",
     "stage1_loss_eq16",
     "stage3_loss_eq18",
 ]
