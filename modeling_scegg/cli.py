@@ -71,6 +71,25 @@ def _read_features(path: str):
     return np.load(path, allow_pickle=False)
 
 
+def _attach_backbone(args: argparse.Namespace) -> int:
+    from .export import attach_backbone, save_model
+    from .hub import load_model
+
+    processor = _image_processor(args.crop_size, args.resize_size)
+    image_model = attach_backbone(load_model(args.model), args.weights, processor)
+    save_model(image_model, args.output, processor)
+    print(f"wrote {args.output}: backbone {image_model.config.feature_backbone}, "
+          f"{processor.crop_size.height} x {processor.crop_size.width} crops -> {image_model.config.num_regions} regions")
+    return 0
+
+
+def _image_processor(crop_size: int, resize_size: int | None):
+    from .image_processing_scegg import SCEGGImageProcessor
+
+    return SCEGGImageProcessor(size={"shortest_edge": resize_size or crop_size},
+                               crop_size={"height": crop_size, "width": crop_size})
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -135,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("features", help=".npy or .safetensors file with region features (B, R, D)")
     predict.add_argument("--top_k", type=int, default=5)
     predict.add_argument("--czsl", action="store_true", help="predict among unseen classes only")
+    attach = sub.add_parser("attach-backbone", help="embed the ResNet region backbone in a model trained on region features")
+    attach.add_argument("model", help="output folder or Hub id")
+    attach.add_argument("weights", help="torchvision ResNet-101 file, transformers ResNet folder / Hub id, or 'random' (tests)")
+    attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
+    attach.add_argument("--crop_size", type=int, default=448, help="crop the region features were extracted at")
+    attach.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
     evaluate = sub.add_parser("evaluate", help="score a trained model on a dataset's test splits")
     evaluate.add_argument("model", help="output folder or Hub id")
     evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
@@ -170,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 
