@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import ResNetModel
 
-from .data.backbone import build_resnet101, model_fingerprint
+from .data.backbone import backbone_id, build_resnet101
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 
@@ -33,11 +33,6 @@ CUSTOM_PIPELINES = {
         "type": "image",
     }
 }
-
-
-def backbone_fingerprint(backbone: torch.nn.Module) -> str:
-    """How `config.feature_backbone` names a backbone: a hash of every weight and buffer."""
-    return f"sha256:{model_fingerprint(backbone)}"
 
 
 def as_image_model(model: SCEGGModel, config=None, extra_state: dict[str, torch.Tensor] | None = None) -> SCEGGForImageClassification:
@@ -63,7 +58,7 @@ def attach_backbone(
     backbone does not give the model's R x D regions on `image_processor`'s crops."""
     resnet = weights.eval() if isinstance(weights, ResNetModel) else build_resnet101(weights)
     name = "the given ResNetModel" if isinstance(weights, ResNetModel) else str(weights)
-    fingerprint = backbone_fingerprint(resnet)
+    fingerprint = backbone_id(resnet)
     recorded = model.config.feature_backbone
     if recorded is not None and recorded != fingerprint:
         raise ValueError(
@@ -116,4 +111,4 @@ def save_model(
     return folder
 
 
-__all__ = ["CUSTOM_PIPELINES", "as_image_model", "attach_backbone", "backbone_fingerprint", "save_model"]
+__all__ = ["CUSTOM_PIPELINES", "as_image_model", "attach_backbone", "save_model"]

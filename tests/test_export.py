@@ -12,7 +12,8 @@ from conftest import TINY_CROP, tiny_config_kwargs, tiny_image_processor, tiny_r
 from modeling_scegg import SCEGGConfig, SCEGGForImageClassification, SCEGGImageProcessor, SCEGGModel
 from modeling_scegg.cli import main
 from modeling_scegg.data.backbone import RegionFeatureExtractor
-from modeling_scegg.export import attach_backbone, backbone_fingerprint, save_model
+from modeling_scegg.data.backbone import backbone_id
+from modeling_scegg.export import attach_backbone, save_model
 
 
 def region_model(**overrides) -> SCEGGModel:
@@ -35,7 +36,7 @@ def test_attached_backbone_sees_what_feature_extraction_saw():
     resnet, model = tiny_resnet(), region_model()
     image_model = attach_backbone(model, resnet, tiny_image_processor())
     assert isinstance(image_model, SCEGGForImageClassification)
-    assert image_model.config.feature_backbone == backbone_fingerprint(resnet)
+    assert image_model.config.feature_backbone == backbone_id(resnet)
     assert image_model.config.backbone_config.out_features == ["stage4"]
     extracted = RegionFeatureExtractor(resnet, crop_size=TINY_CROP, device="cpu")(images())
     pixels = tiny_image_processor()(images(), return_tensors="pt")["pixel_values"]
@@ -47,7 +48,7 @@ def test_attached_backbone_sees_what_feature_extraction_saw():
 
 def test_the_recorded_feature_backbone_is_enforced():
     resnet = tiny_resnet(seed=0)
-    model = region_model(feature_backbone=backbone_fingerprint(resnet))
+    model = region_model(feature_backbone=backbone_id(resnet))
     assert attach_backbone(model, resnet, tiny_image_processor()).backbone is not None
     with pytest.raises(ValueError, match="trained on region features of the backbone sha256:.* but .* is sha256:"):
         attach_backbone(model, tiny_resnet(seed=1), tiny_image_processor())
@@ -96,7 +97,7 @@ def test_scegg_attach_backbone_cli(tmp_path, capsys):
                  "--output", str(tmp_path / "with_backbone"), "--crop_size", str(TINY_CROP)]) == 0
     assert "64 x 64 crops -> 4 regions" in capsys.readouterr().out
     loaded = SCEGGForImageClassification.from_pretrained(tmp_path / "with_backbone")
-    assert loaded.config.feature_backbone == backbone_fingerprint(tiny_resnet())
+    assert loaded.config.feature_backbone == backbone_id(tiny_resnet())
     with pytest.raises(ValueError, match="does not give the model's regions"):
         main(["attach-backbone", str(tmp_path / "features_only"), str(tmp_path / "resnet"), "--output", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()

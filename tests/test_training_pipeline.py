@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from modeling_scegg import SCEGGModel
 from modeling_scegg.evaluation import evaluate_model, mean_per_class_accuracy
@@ -47,6 +48,7 @@ def finished_run(tmp_path_factory, cache_dir):
 def test_outputs_of_a_run(finished_run):
     out, results, _ = finished_run
     for name in ("config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+                 "image_processing_scegg.py", "pipeline_scegg.py", "preprocessor_config.json",
                  "README.md", "results.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pkl"))
@@ -177,3 +179,57 @@ def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
         assert (model.config.runtime_compression, model.config.sce_source, model.config.adaptive_gp) == ("mlp", "prior", False)
         assert model.gzsl_classifier.fc.in_features == 10
     assert results["dataset"] == "SUN" and results["num_test_unseen"] == 16
+
+
+CUB_LIKE_ATTRIBUTES = ["has_bill_shape::hooked", "has_wing_color::blue", "has_wing_color::brown",
+                       "has_tail_pattern::striped", "has_size::small_(5_-_9_in)"]
+
+
+def write_image_folder(root: Path, per_class: int = 6) -> tuple[Path, Path]:
+    """Five classes (two unseen) of small random pictures, and their class file with CUB-like
+    attribute names and no word vectors."""
+    rng = np.random.default_rng(0)
+    classes = ["heron", "wren", "finch", "gull", "owl"]
+    rows = ["class_name,is_unseen," + ",".join(CUB_LIKE_ATTRIBUTES)]
+    for index, name in enumerate(classes):
+        (root / "images" / name).mkdir(parents=True)
+        tint = rng.integers(0, 256, 3)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (60 + i, 80, 3))
+            Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8)).save(root / "images" / name / f"{i}.png")
+        values = ",".join(f"{v:.3f}" for v in rng.uniform(0.1, 1.0, len(CUB_LIKE_ATTRIBUTES)))
+        rows.append(f"{name},{int(index >= 3)},{values}")
+    (root / "classes.csv").write_text("\n".join(rows) + "\n")
+    return root / "images", root / "classes.csv"
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_into_a_model_that_classifies_pictures(tmp_path, sentence_encoder):
+    """Pictures in, class names out, with nothing but the output folder: the extraction backbone,
+    the image processor and the pipeline travel with the model, and the attribute names (no word
+    vectors in the data) were embedded by the sentence encoder rather than left at zero."""
+    from transformers import pipeline
+
+    from conftest import tiny_resnet
+    from modeling_scegg import SCEGGForImageClassification
+    from modeling_scegg.data.backbone import backbone_id
+
+    images, classes = write_image_folder(tmp_path)
+    tiny_resnet().save_pretrained(tmp_path / "resnet")
+    argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--dataset", str(images), "--class_attributes_file",
+                     str(classes), "--image_backbone", str(tmp_path / "resnet"), "--attribute_encoder", sentence_encoder)
+    argv = argv[:argv.index("--synthetic_overrides")] + argv[argv.index("--model_overrides"):]
+    run_pipeline(parse_training_args(argv))
+    model = SCEGGForImageClassification.from_pretrained(tmp_path / "out")
+    config = model.config
+    assert model.backbone is not None and config.feature_backbone == backbone_id(tiny_resnet())
+    assert (config.num_regions, config.feature_dim) == (196, 12)  # 448 crops, read from the data
+    assert config.attribute_encoder == sentence_encoder and config.word_dim == 384
+    assert model.scen.local_embedding.word_vectors.abs().sum() > 0
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+    classifier = pipeline("image-classification", model=str(tmp_path / "out"), trust_remote_code=True)
+    gzsl = classifier(str(images / "owl" / "0.png"), top_k=5)
+    assert {r["label"] for r in gzsl} == {"heron", "wren", "finch", "gull", "owl"}
+    assert {r["label"] for r in classifier(str(images / "owl" / "0.png"), czsl=True)} == {"gull", "owl"}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and config.feature_backbone in card

@@ -229,6 +229,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def backbone_id(model: torch.nn.Module) -> str:
+    """How a model records the backbone its region features came from: ``"sha256:<fingerprint>"``."""
+    return f"sha256:{model_fingerprint(model)}"
+
+
 def default_device() -> torch.device:
     """The GPU when there is one: at 448 px a ResNet-101 runs under 1 image/s on 2 CPU cores."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -70,6 +70,7 @@ from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
     RegionFeatureExtractor,
+    backbone_id,
     build_resnet101,
     model_fingerprint,
 )
@@ -111,6 +112,7 @@ class ImageFolderResult:
     unseen_class_ids: np.ndarray
     attribute_vectors: np.ndarray | None
     image_files: dict[str, list[str]]
+    backbone: str  # the extraction backbone, as backbone_id() names it
 
 
 def _parse_flag(value: str, where: str) -> bool:
@@ -508,6 +510,7 @@ def load_image_folder(
         unseen_class_ids=np.flatnonzero(table.is_unseen).astype(np.int64),
         attribute_vectors=vectors,
         image_files={DATASET_SPLIT_NAMES[s]: files for s, files in splits.items()},
+        backbone=backbone_id(model),
     )
 
 

@@ -160,7 +160,8 @@ def _load_images(
     )
     if not np.array_equal(semantics.unseen_class_ids, result.unseen_class_ids):
         raise ValueError(f"{class_attributes_file}: is_unseen disagrees with the classes found in test_unseen")
-    return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics)
+    return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics,
+                      feature_backbone=result.backbone)
 
 
 def load_zsl_dataset(

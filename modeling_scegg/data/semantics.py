@@ -98,6 +98,8 @@ class ZSLDataset:
     name: str
     splits: DatasetDict
     semantics: ClassSemantics
+    # the backbone that computed the region features ("sha256:..."), when the source says
+    feature_backbone: str | None = None
 
     @property
     def num_regions(self) -> int:

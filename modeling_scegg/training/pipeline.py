@@ -72,6 +72,8 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
         fixed["word_dim"] = int(semantics.word_vectors.shape[1])
     if semantics.attribute_encoder is not None:
         fixed["attribute_encoder"] = semantics.attribute_encoder
+    if data.feature_backbone is not None:
+        fixed["feature_backbone"] = data.feature_backbone
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
@@ -288,11 +290,14 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
     """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    from ..export import attach_backbone, save_model
     from ..hub import build_model_card, push_model
     from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
-    ctx.model.save_pretrained(out)
+    # pictures in: an image folder's extraction backbone travels with the model, with its image processor
+    image_folder = ctx.args.class_attributes_file is not None
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "results.json")
@@ -312,4 +317,7 @@ _LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attribut
 def _feature_extractor(data: ZSLDataset) -> str:
     if data.name == "synthetic":
         return f"synthetic region features (R={data.num_regions}, D={data.feature_dim}), no backbone"
+    if data.feature_backbone is not None:
+        return (f"the ResNet embedded in the checkpoint (weights {data.feature_backbone}), last stage map: "
+                f"R={data.num_regions} regions of D={data.feature_dim}")
     return f"ResNet-101 (ImageNet), last conv map: R={data.num_regions} regions of D={data.feature_dim}"
