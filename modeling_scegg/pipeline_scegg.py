@@ -32,23 +32,26 @@ class SCEGGImageClassificationPipeline(ImageClassificationPipeline):
         return preprocess, forward, postprocess
 
     def postprocess(self, model_outputs, function_to_apply=None, top_k=5, czsl=False):
-        config = self.model.config
-        if czsl:
-            logits, class_ids = model_outputs["czsl_logits"][0], config.unseen_class_ids
-        else:
-            logits, class_ids = model_outputs["logits"][0], list(range(config.num_classes))
-        logits = logits.float()
         function = "softmax" if function_to_apply is None else str(getattr(function_to_apply, "value", function_to_apply))
-        if function == "softmax":
-            scores = torch.softmax(logits, dim=-1)
-        elif function == "sigmoid":
-            scores = torch.sigmoid(logits)
-        elif function == "none":
-            scores = logits
-        else:
-            raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function_to_apply!r}")
-        top = torch.topk(scores, k=min(int(top_k), len(class_ids)))
-        return [{"label": config.id2label[class_ids[int(i)]], "score": float(v)} for v, i in zip(top.values, top.indices)]
+        logits = model_outputs["czsl_logits" if czsl else "logits"][0]
+        return rank_classes(logits, self.model.config, czsl=czsl, top_k=top_k, function=function)
 
 
-__all__ = ["SCEGGImageClassificationPipeline"]
+def rank_classes(logits: torch.Tensor, config, czsl: bool = False, top_k: int = 5, function: str = "softmax") -> list[dict]:
+    """One image's `[{"label", "score"}, ...]`, best first: GZSL `logits` (C,) rank every class,
+    CZSL `czsl_logits` (Cu,) the unseen ones; scores are a softmax over the classes ranked."""
+    class_ids = config.unseen_class_ids if czsl else list(range(config.num_classes))
+    logits = logits.float()
+    if function == "softmax":
+        scores = torch.softmax(logits, dim=-1)
+    elif function == "sigmoid":
+        scores = torch.sigmoid(logits)
+    elif function == "none":
+        scores = logits
+    else:
+        raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function!r}")
+    top = torch.topk(scores, k=min(int(top_k), len(class_ids)))
+    return [{"label": config.id2label[class_ids[int(i)]], "score": float(v)} for v, i in zip(top.values, top.indices)]
+
+
+__all__ = ["SCEGGImageClassificationPipeline", "rank_classes"]
