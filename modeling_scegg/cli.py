@@ -93,6 +93,23 @@ def _attach_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_classes(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.new_classes import read_new_classes
+    from .export import save_model
+    from .hub import load_image_processor, load_model
+
+    model = load_model(args.model, for_images=True).eval()
+    names, attributes = read_new_classes(args.classes, model.config.num_attributes)
+    new_ids = model.add_classes(names, torch.from_numpy(attributes), generator=torch.Generator().manual_seed(args.seed))
+    save_model(model, args.output, load_image_processor(args.model))
+    print(f"wrote {args.output}: {len(new_ids)} new unseen classes "
+          + ", ".join(f"{i} {name}" for i, name in zip(new_ids, names))
+          + f"; {model.config.num_classes} classes, {model.config.num_unseen_classes} unseen")
+    return 0
+
+
 def _image_processor(crop_size: int, resize_size: int | None):
     from .image_processing_scegg import SCEGGImageProcessor
 
@@ -176,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
     attach.add_argument("--crop_size", type=int, default=448, help="crop the region features were extracted at")
     attach.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
+    add = sub.add_parser("add-classes", help="add unseen classes from their attributes: synthesise their features, "
+                                             "refit the final classifiers (SCEN and EGGN unchanged)")
+    add.add_argument("model", help="output folder or Hub id")
+    add.add_argument("classes", help="CSV: class_name,<the model's attribute columns> (one row per new class)")
+    add.add_argument("--output", required=True, help="folder to write the model with the new classes to")
+    add.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and the refit")
     evaluate = sub.add_parser("evaluate", help="score a trained model on a dataset's test splits")
     evaluate.add_argument("model", help="output folder or Hub id")
     evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
@@ -211,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

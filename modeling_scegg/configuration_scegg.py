@@ -101,6 +101,11 @@ class SCEGGConfig(PretrainedConfig):
     Final classifiers:
         classifier_input (`str`, defaults to `"augmented"`): the classifiers see
             [x, Dec(x), Dec_hidden(x)] (published TF-VAEGAN) or x alone (`"plain"`).
+        refit_num_synthetic (`int`, defaults to 300): synthetic features per unseen class, also the
+            batch size, when `add_classes` refits both classifiers (training records its `--syn_num`).
+        refit_epochs (`list[int]`, defaults to `[25, 25]`): GZSL and CZSL epochs of that refit
+            (training records the epochs its classifiers ran).
+        refit_lr (`float`, defaults to 1e-3): Adam learning rate of that refit (`--classifier_lr`).
 
     Pictures in ([`SCEGGForImageClassification`]):
         backbone_config (`ResNetConfig` or `dict`, *optional*): the region backbone, in transformers'
@@ -160,6 +165,9 @@ class SCEGGConfig(PretrainedConfig):
     freeze_decoder: bool = False
 
     classifier_input: str = "augmented"
+    refit_num_synthetic: int = 300
+    refit_epochs: list[int] | tuple[int, int] = (25, 25)
+    refit_lr: float = 1e-3
 
     backbone_config: dict | PretrainedConfig | None = None
     feature_backbone: str | None = None
@@ -176,6 +184,7 @@ class SCEGGConfig(PretrainedConfig):
         self.seen_class_ids = [int(c) for c in self.seen_class_ids]
         self.unseen_class_ids = [int(c) for c in self.unseen_class_ids]
         self.gp_adapt_bounds = [float(b) for b in self.gp_adapt_bounds]
+        self.refit_epochs = [int(e) for e in self.refit_epochs]
         if self.id2label is None and "num_labels" not in kwargs:
             self.id2label = {i: f"class_{i}" for i in range(self.num_classes)}
         super().__post_init__(**kwargs)
@@ -202,7 +211,7 @@ class SCEGGConfig(PretrainedConfig):
         """Reject inconsistent settings early, naming the field, so a bad config never trains."""
         for name in ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
                      "regression_hidden_dim", "encoder_hidden_dim", "generator_hidden_dim",
-                     "critic_hidden_dim", "decoder_hidden_dim"):
+                     "critic_hidden_dim", "decoder_hidden_dim", "refit_num_synthetic"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SCEGGConfig.{name} must be a positive integer, got {value!r}")
@@ -214,6 +223,8 @@ class SCEGGConfig(PretrainedConfig):
             raise ValueError(
                 f"SCEGGConfig.id2label has {len(self.id2label)} names but num_classes is {self.num_classes}"
             )
+        if len(self.refit_epochs) != 2 or min(self.refit_epochs) < 1:
+            raise ValueError(f"SCEGGConfig.refit_epochs must be [gzsl, czsl] epochs >= 1, got {self.refit_epochs}")
         lower, upper = self.gp_adapt_bounds
         if not 0 < lower <= upper:
             raise ValueError(f"SCEGGConfig.gp_adapt_bounds must be (lower, upper) with 0 < lower <= upper, got {self.gp_adapt_bounds}")

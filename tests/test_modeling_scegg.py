@@ -455,3 +455,83 @@ def test_a_checkpoint_missing_its_backbone_weights_is_rejected(tiny_image_model,
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"lacks \d+ tensors of SCEGGModel, e.g. \['backbone\."):
         SCEGGForImageClassification.from_pretrained(tmp_path)
+
+
+# -- new classes after training -----------------------------------------------------------------------------
+def _with_refit_data(model):
+    features = torch.rand(40, 12, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 2, 3, 5] * 10)
+    model.record_refit_data(features, labels, num_synthetic=8, epochs=[3, 2], lr=1e-2)
+    return model, features, labels
+
+
+def test_refit_data_are_per_class_statistics_and_the_recipe(tiny_model):
+    assert not tiny_model.has_refit_data
+    model, features, labels = _with_refit_data(tiny_model)
+    torch.testing.assert_close(model.seen_feature_mean[1], features[labels == 2].mean(0))
+    torch.testing.assert_close(model.seen_feature_std[3], features[labels == 5].std(0, unbiased=False))
+    assert model.seen_feature_count.tolist() == [10, 10, 10, 10] and model.has_refit_data
+    assert (model.config.refit_num_synthetic, model.config.refit_epochs, model.config.refit_lr) == (8, [3, 2], 1e-2)
+
+
+def test_add_classes_grows_every_tensor_with_a_row_per_class(tiny_model, tmp_path):
+    model, _, _ = _with_refit_data(tiny_model)
+    old_global = model.scen.global_classifier.weight.clone()
+    old_regression = model.scen.regression_head.net[2].weight.clone()
+    new_ids = model.add_classes(["bird_new_a", "bird_new_b"], torch.rand(2, 7) * 100,
+                                generator=torch.Generator().manual_seed(0))
+    assert new_ids == [6, 7]
+    config = model.config
+    assert config.num_classes == 8 and config.unseen_class_ids == [1, 4, 6, 7]
+    assert config.id2label[7] == "bird_new_b" and config.label2id["bird_new_a"] == 6
+    assert model.class_attributes.shape == (8, 7)
+    torch.testing.assert_close(model.class_attributes[6:].norm(dim=-1), torch.ones(2))  # normalised as at training
+    assert model.scen.global_classifier.out_features == 8 and model.scen.regression_head.net[2].out_features == 8
+    assert torch.equal(model.scen.global_classifier.weight[:6], old_global)
+    assert torch.equal(model.scen.regression_head.net[2].weight[:6], old_regression)
+    out = model(_regions())
+    assert out.logits.shape == (3, 8) and out.czsl_logits.shape == (3, 4) and out.local_scores.shape == (3, 8)
+    model.save_pretrained(tmp_path)
+    loaded = SCEGGModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(_regions()).logits, out.logits)
+    assert loaded.config.id2label[6] == "bird_new_a" and loaded.has_refit_data
+
+
+def test_new_head_rows_follow_the_attributes():
+    attributes = F.normalize(torch.rand(6, 4), dim=-1)
+    mapping = torch.randn(4, 10)  # a head whose rows (weights and bias) are linear in the attributes
+    layer = torch.nn.Linear(9, 6)
+    with torch.no_grad():
+        layer.weight.copy_((attributes @ mapping)[:, :9])
+        layer.bias.copy_((attributes @ mapping)[:, 9])
+    new = F.normalize(torch.rand(2, 4), dim=-1)
+    grown = mm.extend_rows_through_attributes(layer, attributes, new)
+    torch.testing.assert_close(grown.weight[6:], (new @ mapping)[:, :9], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grown.bias[6:], (new @ mapping)[:, 9], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("names, attributes, message", [
+    (["bird_0"], torch.rand(1, 7), "must be new and distinct"),
+    (["x", "x"], torch.rand(2, 7), "must be new and distinct"),
+    (["x"], torch.rand(1, 6), r"attributes must have shape \(new classes, num_attributes\) = \(1, 7\)"),
+    (["x"], torch.zeros(1, 7), r"new classes \['x'\] have all-zero attributes"),
+])
+def test_bad_new_classes_are_refused(tiny_model, names, attributes, message):
+    model, _, _ = _with_refit_data(tiny_model)
+    with pytest.raises(ValueError, match=message):
+        model.add_classes(names, attributes)
+    assert model.config.num_classes == 6 and model.class_attributes.shape == (6, 7)
+
+
+def test_checkpoints_without_refit_data_still_load_and_say_why_they_cannot_add(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _, _ = _with_refit_data(tiny_model)
+    model.save_pretrained(tmp_path)
+    weights = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if not k.startswith("seen_feature_")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})  # as saved before they existed
+    old = SCEGGModel.from_pretrained(tmp_path)
+    assert not old.has_refit_data and old.seen_feature_mean.abs().sum() == 0
+    with pytest.raises(ValueError, match="stores no statistics of the real seen features"):
+        old.add_classes(["x"], torch.rand(1, 7))

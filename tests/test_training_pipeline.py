@@ -233,3 +233,79 @@ def test_an_image_folder_trains_into_a_model_that_classifies_pictures(tmp_path, 
     assert {r["label"] for r in classifier(str(images / "owl" / "0.png"), czsl=True)} == {"gull", "owl"}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and config.feature_backbone in card
+
+
+def _without_class(data, dropped: int):
+    """The dataset as if class `dropped` had never existed: its images, its attribute row and its
+    name are gone, and the later class ids move down by one."""
+    from datasets import Dataset, DatasetDict
+
+    from modeling_scegg.data import region_feature_features
+    from modeling_scegg.data.semantics import ZSLDataset, build_semantics
+
+    semantics = data.semantics
+    names = [n for i, n in enumerate(semantics.class_names) if i != dropped]
+    features = region_feature_features(data.num_regions, data.feature_dim, names, with_global=True)
+    splits = {}
+    for split, table in data.splits.items():
+        columns = table.with_format("numpy")[:]
+        keep = columns["label"] != dropped
+        labels = columns["label"][keep]
+        splits[split] = Dataset.from_dict({"region_features": columns["region_features"][keep],
+                                           "label": labels - (labels > dropped),
+                                           "global_features": columns["global_features"][keep]}, features=features)
+    remaining = build_semantics(
+        attributes=np.delete(semantics.attributes, dropped, 0), original_attributes=np.delete(semantics.original_attributes, dropped, 0),
+        class_names=names, split_labels={s: np.asarray(t["label"]) for s, t in splits.items()},
+        word_vectors=semantics.word_vectors, attribute_names=semantics.attribute_names, source="without one class")
+    return ZSLDataset("without_one_class", DatasetDict(splits), remaining)
+
+
+@pytest.fixture
+def one_thread():
+    """Stage 3's small networks run several times faster on one thread on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_class_left_out_of_training_is_added_and_recognised(tmp_path, one_thread, capsys):
+    """Train without one unseen class at all, then `scegg add-classes` it from its attributes:
+    its test images are recognised far above chance, among the unseen classes (CZSL) and among
+    all classes (GZSL), the classes that were there keep theirs, and the saved model holds it."""
+    from modeling_scegg.cli import main
+    from modeling_scegg.data import SyntheticConfig, generate_synthetic, save_zsl_dataset_to_hub_layout
+
+    world = SyntheticConfig(num_classes=24, num_unseen=4, num_val=2, num_attributes=12, num_regions=4, feature_dim=64,
+                            word_dim=16, train_images_per_class=40, test_seen_images_per_class=8,
+                            test_unseen_images_per_class=20, noise=0.05, clutter=0.1, attribute_density=0.3, seed=2)
+    full = generate_synthetic(world)
+    dropped = int(full.semantics.unseen_class_ids[-1])
+    save_zsl_dataset_to_hub_layout(_without_class(full, dropped), tmp_path / "layout")
+    argv = ["--dataset", str(tmp_path / "layout"), "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+            "--model_overrides", "encoder_hidden_dim=128", "generator_hidden_dim=128", "critic_hidden_dim=128",
+            "decoder_hidden_dim=128", "regression_hidden_dim=32", "--stage1_iters", "200", "--stage2_iters", "100",
+            "--stage3_epochs", "30", "--stage3_lr", "1e-3", "--classifier_epochs", "10", "--syn_num", "40",
+            "--batch_size", "64", "--checkpoint_every", "1000", "--log_with", "none", "--plots", "false"]
+    run_pipeline(parse_training_args(argv))
+    header = "class_name," + ",".join(full.semantics.attribute_names)
+    row = ",".join([full.semantics.class_names[dropped], *map(str, full.semantics.original_attributes[dropped])])
+    (tmp_path / "new.csv").write_text(f"{header}\n{row}\n")
+    assert main(["add-classes", str(tmp_path / "out"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "added")]) == 0
+    assert f"23 {full.semantics.class_names[dropped]}" in capsys.readouterr().out
+
+    model = SCEGGModel.from_pretrained(tmp_path / "added").eval()
+    config = model.config
+    assert config.num_classes == 24 and config.unseen_class_ids[-1] == 23
+    test = full.splits["test_unseen"].with_format("numpy")[:]
+    with torch.no_grad():
+        output = model(torch.from_numpy(test["region_features"].astype(np.float32)))
+    labels = np.where(test["label"] == dropped, 23, test["label"] - (test["label"] > dropped))
+    czsl = np.asarray(config.unseen_class_ids)[output.czsl_logits.argmax(-1).numpy()]
+    gzsl = output.logits.argmax(-1).numpy()
+    new = labels == 23
+    assert (czsl[new] == 23).mean() >= 0.6, f"CZSL on the added class (chance {1 / config.num_unseen_classes:.2f})"
+    assert (gzsl[new] == 23).mean() >= 0.2, f"GZSL on the added class (chance {1 / config.num_classes:.3f})"
+    assert (czsl[~new] == labels[~new]).mean() >= 0.5, "the classes that were there must keep being recognised"

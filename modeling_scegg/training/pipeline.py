@@ -256,6 +256,10 @@ def _train_and_evaluate(
                 ctx, caches["train"], {s: caches[s] for s in ("test_seen", "test_unseen")},
                 epochs=epochs, score_every_epoch=score_every_epoch)
         checkpoints.finish_stage(tracker, "classifiers", _save_snapshot(ctx, caches, progress))
+    # what add_classes needs later to refit the classifiers without the training data
+    ctx.model.record_refit_data(caches["train"]["features"], caches["train"]["labels"], args.syn_num,
+                                [progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
+                                args.classifier_lr)
 
     results = _results(args, data, progress, selection)
     if tracker.is_main_process:
