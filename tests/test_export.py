@@ -114,3 +114,18 @@ def test_random_resnet101_on_a_cub_sized_model(tmp_path):
     folder = save_model(image_model, tmp_path / "cub")
     result = pipeline("image-classification", model=str(folder), trust_remote_code=True)(images(1)[0], top_k=3)
     assert len(result) == 3 and all(r["label"].startswith("class_") for r in result)
+
+
+def test_scegg_add_classes_keeps_the_backbone_and_the_pipeline_ranks_the_new_class(tmp_path, capsys):
+    model = region_model()
+    model.record_refit_data(torch.rand(40, 12), torch.tensor([0, 2, 3, 5] * 10), num_synthetic=8, epochs=[2, 2], lr=1e-2)
+    save_model(attach_backbone(model, tiny_resnet(), tiny_image_processor()), tmp_path / "m", tiny_image_processor())
+    header = "class_name," + ",".join(f"a{i}" for i in range(7))
+    (tmp_path / "new.csv").write_text(f"{header}\nkiwi,{','.join(['3'] * 7)}\n")
+    assert main(["add-classes", str(tmp_path / "m"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "added")]) == 0
+    assert "1 new unseen classes 6 kiwi; 7 classes, 3 unseen" in capsys.readouterr().out
+    loaded = SCEGGForImageClassification.from_pretrained(tmp_path / "added")
+    assert loaded.backbone is not None and loaded.config.feature_backbone == backbone_id(tiny_resnet())
+    classifier = pipeline("image-classification", model=str(tmp_path / "added"), trust_remote_code=True)
+    assert "kiwi" in {r["label"] for r in classifier(images(1)[0], top_k=7)}
+    assert {r["label"] for r in classifier(images(1)[0], czsl=True)} == {"bird_1", "bird_4", "kiwi"}
