@@ -103,19 +103,6 @@ def test_scegg_attach_backbone_cli(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
-def test_random_resnet101_on_a_cub_sized_model(tmp_path):
-    """The real shapes: 448 crops through ResNet-101 give the 196 regions of 2048 channels."""
-    config = SCEGGConfig(encoder_hidden_dim=32, generator_hidden_dim=32, critic_hidden_dim=32,
-                         decoder_hidden_dim=32, regression_hidden_dim=16)
-    model = SCEGGModel(config)
-    model.set_class_semantics(torch.rand(config.num_classes, config.num_attributes))
-    image_model = attach_backbone(model, "random")
-    folder = save_model(image_model, tmp_path / "cub")
-    result = pipeline("image-classification", model=str(folder), trust_remote_code=True)(images(1)[0], top_k=3)
-    assert len(result) == 3 and all(r["label"].startswith("class_") for r in result)
-
-
 def test_scegg_add_classes_keeps_the_backbone_and_the_pipeline_ranks_the_new_class(tmp_path, capsys):
     model = region_model()
     model.record_refit_data(torch.rand(40, 12), torch.tensor([0, 2, 3, 5] * 10), num_synthetic=8, epochs=[2, 2], lr=1e-2)
