@@ -11,7 +11,7 @@ def test_defaults_follow_the_published_code():
     args = parse_training_args(["--dataset", "my_data"])
     assert (args.stage1_iters, args.stage2_iters, args.batch_size, args.classifier_epochs) == (2000, 4000, 64, 25)
     assert (args.stage1_optimizer, args.stage2_optimizer, args.stage3_pass_order) == ("rmsprop", "rmsprop", "epoch")
-    assert args.decoder_lr == 1e-4 and not args.published_protocol
+    assert args.decoder_lr == 1e-4 and args.published_protocol == "off" and args.calibration == "none"
     assert args.model_config_overrides() == {}
 
 

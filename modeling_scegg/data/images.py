@@ -70,6 +70,7 @@ from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
     RegionFeatureExtractor,
+    backbone_id,
     build_resnet101,
     model_fingerprint,
 )
@@ -111,6 +112,7 @@ class ImageFolderResult:
     unseen_class_ids: np.ndarray
     attribute_vectors: np.ndarray | None
     image_files: dict[str, list[str]]
+    backbone: str  # the extraction backbone, as backbone_id() names it
 
 
 def _parse_flag(value: str, where: str) -> bool:
@@ -434,8 +436,6 @@ def _labels(files: list[str], class_names: list[str]) -> np.ndarray:
 def _build_backbone(weights: str | os.PathLike | ResNetModel | None) -> ResNetModel:
     if isinstance(weights, ResNetModel):
         return weights.eval()
-    if weights is None:
-        logger.warning("no backbone weights given: using a RANDOM ResNet-101, the features are for tests only")
     return build_resnet101(weights)
 
 
@@ -460,8 +460,8 @@ def load_image_folder(
 ) -> ImageFolderResult:
     """Extract (or reuse) region features of an image folder; see the module docstring.
 
-    ``backbone_weights``: None (random, tests only), a torchvision ResNet-101 file, a transformers
-    ResNet folder / Hub id, or a built ``ResNetModel``. ``autocast`` ("fp16" / "bf16") speeds up
+    ``backbone_weights`` (required): a torchvision ResNet-101 file, a transformers ResNet folder /
+    Hub id, a built ``ResNetModel``, or ``"random"`` (tests and benchmarks only). ``autocast`` ("fp16" / "bf16") speeds up
     GPU extraction. ``num_workers`` DataLoader processes decode images in parallel.
     """
     if batch_size < 1 or chunk_size < 1:
@@ -510,6 +510,7 @@ def load_image_folder(
         unseen_class_ids=np.flatnonzero(table.is_unseen).astype(np.int64),
         attribute_vectors=vectors,
         image_files={DATASET_SPLIT_NAMES[s]: files for s, files in splits.items()},
+        backbone=backbone_id(model),
     )
 
 

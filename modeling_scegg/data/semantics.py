@@ -38,6 +38,8 @@ class ClassSemantics:
     word_vectors: np.ndarray | None
     attribute_names: list[str] | None
     val_class_ids: np.ndarray | None = None
+    # the sentence encoder that embedded the attribute names when the source had no word vectors
+    attribute_encoder: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +98,8 @@ class ZSLDataset:
     name: str
     splits: DatasetDict
     semantics: ClassSemantics
+    # the backbone that computed the region features ("sha256:..."), when the source says
+    feature_backbone: str | None = None
 
     @property
     def num_regions(self) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
+from ..data.attribute_text import DEFAULT_ATTRIBUTE_ENCODER
+
 logger = logging.getLogger(__name__)
 
 # Where the shipped presets are: beside the installed package (wheels), or at the top of the
@@ -46,7 +48,8 @@ class SCEGGTrainingArguments:
     data_dir: str | None = field(default=None, metadata={"help": "root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default ~/.cache/scegg)"})
     class_attributes_file: str | None = field(default=None, metadata={"help": "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)"})
-    image_backbone: str | None = field(default=None, metadata={"help": "for an image folder: torchvision ResNet-101 weights file, or a transformers ResNet folder / Hub id"})
+    image_backbone: str | None = field(default=None, metadata={"help": "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, or 'random' (tests only)"})
+    attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors"})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of a dataset repo"})
     config: str | None = field(default=None, metadata={"help": "a preset JSON with 'model' and 'training' sections"})

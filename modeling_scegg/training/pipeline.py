@@ -63,7 +63,7 @@ def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                             clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
                             class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
-                            **extra)
+                            attribute_encoder=args.attribute_encoder, **extra)
 
 
 def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
@@ -78,6 +78,10 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
     )
     if semantics.word_vectors is not None:
         fixed["word_dim"] = int(semantics.word_vectors.shape[1])
+    if semantics.attribute_encoder is not None:
+        fixed["attribute_encoder"] = semantics.attribute_encoder
+    if data.feature_backbone is not None:
+        fixed["feature_backbone"] = data.feature_backbone
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
@@ -320,6 +324,10 @@ def train_and_evaluate(
               lambda: _run_classifiers(run, selection, view or args.published_protocol == "classifier", calibrate))
     for train in stages[run.done:]:
         train()
+    # what add_classes needs later to refit the classifiers without the training data
+    run.ctx.model.record_refit_data(run.caches["train"]["features"], run.caches["train"]["labels"], args.syn_num,
+                                    [run.progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
+                                    args.classifier_lr)
     results = _results(args, data, run.progress, selection)
     if run.ctx.tracker.is_main_process:
         _write_outputs(run.ctx, data, run.caches, results)
@@ -370,11 +378,14 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
     """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    from ..export import attach_backbone, save_model
     from ..hub import build_model_card, push_model
     from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
-    ctx.model.save_pretrained(out)
+    # pictures in: an image folder's extraction backbone travels with the model, with its image processor
+    image_folder = ctx.args.class_attributes_file is not None
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "results.json")
@@ -394,4 +405,7 @@ _LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attribut
 def _feature_extractor(data: ZSLDataset) -> str:
     if data.name == "synthetic":
         return f"synthetic region features (R={data.num_regions}, D={data.feature_dim}), no backbone"
+    if data.feature_backbone is not None:
+        return (f"the ResNet embedded in the checkpoint (weights {data.feature_backbone}), last stage map: "
+                f"R={data.num_regions} regions of D={data.feature_dim}")
     return f"ResNet-101 (ImageNet), last conv map: R={data.num_regions} regions of D={data.feature_dim}"
