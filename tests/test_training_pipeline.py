@@ -30,7 +30,7 @@ def tiny_argv(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
             "--synthetic_overrides", *TINY_DATA, "--model_overrides", *TINY_MODEL,
             "--stage1_iters", "24", "--stage2_iters", "12", "--stage3_epochs", "3",
             "--classifier_epochs", "3", "--syn_num", "20", "--batch_size", "16",
-            "--checkpoint_every", "4", "--eval_batch_size", "32", "--log_with", "none", *extra]
+            "--checkpoint_every", "4", "--eval_batch_size", "32", "--log_with", "none", "--calibration", "none", *extra]
 
 
 @pytest.fixture(scope="module")
