@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.repocard import metadata_load
 
+from .atomic import atomic_path, atomic_write_text
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 
@@ -145,7 +146,7 @@ def build_model_card(
         feature_dim=config["feature_dim"],
         runs_on_images=bool(config.get("backbone_config")),
     )
-    _atomic_write_text(folder / "README.md", str(card))
+    atomic_write_text(folder / "README.md", str(card))
     return card
 
 
@@ -205,14 +206,6 @@ def _table_rows(values: dict[str, float]) -> list[dict[str, Any]]:
         {"setting": RESULT_KEYS[key][0], "metric": RESULT_KEYS[key][1], "split": RESULT_KEYS[key][3], "value": value}
         for key, value in values.items()
     ]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary sibling and rename, so a crash never leaves half a file."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +338,7 @@ def push_model(
     readme = folder / "README.md"
     card_text = readme.read_text(encoding="utf-8")
     if f'"{REPO_PLACEHOLDER}"' in card_text:
-        _atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
+        atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
@@ -388,11 +381,8 @@ def model_files_to_push(folder: Path) -> list[str]:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        temporary = Path(handle.name)
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def push_feature_dataset(

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .data.images import IMAGE_EXTENSIONS
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -172,16 +172,8 @@ def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | No
     kind = {".csv": "csv", ".jsonl": "jsonl"}.get(output.suffix.lower())
     if kind is None:
         raise ValueError(f"--output must end in .csv or .jsonl, got {output}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp",
-                                         delete=False, newline="", encoding="utf-8")
-    try:
-        with handle:
-            errors = _write_rows(rows, handle, kind, top_k)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        errors = _write_rows(rows, handle, kind, top_k)
     return errors
 
 

@@ -66,6 +66,7 @@ from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 from transformers import ResNetModel
 
+from ..atomic import atomic_path, atomic_write_text
 from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
@@ -326,16 +327,12 @@ def _extract_chunk(
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """Write next to the target and rename, so a crash never leaves a truncated shard."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def _shard_paths(work_dir: Path, split: str, chunk: int) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ import numpy as np
 from datasets import DatasetDict
 from safetensors.numpy import load_file, save_file
 
+from ..atomic import atomic_path, atomic_write_text
 from .store import region_shape
 
 SEMANTICS_ARRAYS = "semantics.safetensors"
@@ -67,12 +68,10 @@ class ClassSemantics:
             "val_class_ids": self.val_class_ids,
         }
         arrays.update({k: v for k, v in optional.items() if v is not None})
-        tmp_arrays, tmp_json = folder / f".{SEMANTICS_ARRAYS}.tmp", folder / f".{SEMANTICS_JSON}.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp_arrays))
+        with atomic_path(folder / SEMANTICS_ARRAYS) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         names = {"class_names": self.class_names, "attribute_names": self.attribute_names}
-        tmp_json.write_text(json.dumps(names, indent=1), encoding="utf-8")
-        os.replace(tmp_arrays, folder / SEMANTICS_ARRAYS)
-        os.replace(tmp_json, folder / SEMANTICS_JSON)
+        atomic_write_text(folder / SEMANTICS_JSON, json.dumps(names, indent=1))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ClassSemantics":

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_write_text
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
@@ -398,9 +398,7 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
     # pictures in: an image folder's extraction backbone travels with the model, with its image processor
     image_folder = ctx.args.class_attributes_file is not None
     save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if ctx.args.plots:
         dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
         write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
