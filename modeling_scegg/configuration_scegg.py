@@ -2,8 +2,9 @@
 Learning", IJCAI-22).
 
 One object holds every size and hyperparameter of the model, and a switch for every place where the
-authors' published code differs from the paper's equations (see SPEC.md): the published behaviour is
-the default, the paper's variant is one keyword away, so both can be trained and compared.
+authors' published code differs from the paper's equations (README, "Paper and published code"):
+the published behaviour is the default, the paper's variant is one keyword away, so both can be
+trained and compared.
 """
 from __future__ import annotations
 

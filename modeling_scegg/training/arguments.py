@@ -43,7 +43,7 @@ BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 @dataclass
 class SCEGGTrainingArguments:
-    """Training run settings; defaults follow the published code (SPEC.md)."""
+    """Training run settings; defaults follow the published code (README, "Paper and published code")."""
 
     dataset: str = field(default="synthetic", metadata={"help": "synthetic, CUB, SUN, AWA2, a dataset folder/Hub id or an image folder"})
     data_dir: str | None = field(default=None, metadata={"help": "root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)"})
