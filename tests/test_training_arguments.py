@@ -97,3 +97,18 @@ def test_shipped_presets_are_found_by_name():
     assert read_preset("awa2-tfvaegan")["model"]["dense_feature_source"] == "pooled"
     with pytest.raises(FileNotFoundError, match="shipped"):
         read_preset("cub-oficial")
+
+
+def test_help_names_the_command_every_flag_and_the_dataset_defaults(capsys):
+    from dataclasses import fields
+
+    from modeling_scegg.training.arguments import SCEGGTrainingArguments
+
+    assert all(f.metadata.get("help") for f in fields(SCEGGTrainingArguments)), "every flag has help text"
+    with pytest.raises(SystemExit):
+        parse_training_args(["--dataset", "SUN", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: scegg train")
+    assert "{epoch,batch}" in text and "{auto,validation,none}" in text
+    sun = read_preset(DEFAULT_PRESETS["SUN"])["training"]
+    assert f"(default: {sun['syn_num']})" in text and f"(default: {sun['stage3_lr']})" in text

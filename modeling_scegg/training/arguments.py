@@ -61,10 +61,10 @@ class SCEGGTrainingArguments:
     batch_size: int = field(default=64, metadata={"help": "per-process batch of every stage (class-balanced, always full)"})
     stage1_iters: int = field(default=2000, metadata={"help": "SCEN iterations (L_S1)"})
     stage1_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
-    stage1_lr: float = field(default=1e-4)
+    stage1_lr: float = field(default=1e-4, metadata={"help": "stage-1 learning rate"})
     stage2_iters: int = field(default=4000, metadata={"help": "regression-head iterations (L_SCR)"})
     stage2_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
-    stage2_lr: float = field(default=1e-4)
+    stage2_lr: float = field(default=1e-4, metadata={"help": "stage-2 learning rate"})
     stage3_epochs: int = field(default=300, metadata={"help": "EGGN epochs (one epoch = ceil(N_train / batch) generator steps per feedback loop)"})
     stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G and D (and of E, Dec, F unless set)"})
     encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr, as published)"})
@@ -73,9 +73,9 @@ class SCEGGTrainingArguments:
     stage3_pass_order: Literal["epoch", "batch"] = field(default="epoch", metadata={"help": "epoch: each stage-3 epoch runs all its batches without feedback, then all with (published); batch: alternate the two at every batch"})
     critic_iters: int = field(default=5, metadata={"help": "critic steps per generator step"})
     syn_num: int = field(default=300, metadata={"help": "synthetic features per unseen class (also the classifier batch)"})
-    classifier_epochs: int = field(default=25)
-    classifier_lr: float = field(default=1e-3)
-    eval_batch_size: int = field(default=256)
+    classifier_epochs: int = field(default=25, metadata={"help": "epochs of the final GZSL and CZSL classifiers"})
+    classifier_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the final classifiers"})
+    eval_batch_size: int = field(default=256, metadata={"help": "batch of the feature caching pass and of evaluation"})
     selection: Literal["fixed", "validation"] = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
     stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
     calibration: Literal["auto", "validation", "none"] = field(default="auto", metadata={"help": "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val classes as pseudo-unseen), never on test, in a run of its own on that view; results report calibrated and raw GZSL side by side. auto: validation where the data has train_sub / val splits, else none"})
@@ -85,9 +85,9 @@ class SCEGGTrainingArguments:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     log_with: str | None = field(default="auto", metadata={"help": "Accelerate tracker: auto (tensorboard when installed), tensorboard, none"})
     plots: bool = field(default=True, metadata={"help": "write t-SNE, attention and curve PNGs"})
-    push_to_hub: bool = field(default=False)
+    push_to_hub: bool = field(default=False, metadata={"help": "push the trained model, card and results to --hub_model_id"})
     hub_model_id: str | None = field(default=None, metadata={"help": "ORG/NAME to push the trained model to"})
-    hub_private: bool = field(default=False)
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub repository as private"})
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -177,13 +177,15 @@ def read_preset(name_or_path: str | Path) -> dict[str, Any]:
     return preset
 
 
-def parse_training_args(argv: Sequence[str] | None = None) -> SCEGGTrainingArguments:
-    """Parse flags; a `--config` preset supplies defaults that explicit flags override."""
+def parse_training_args(argv: Sequence[str] | None = None, prog: str = "scegg train") -> SCEGGTrainingArguments:
+    """Parse flags; a `--config` preset (or the dataset's default one) supplies defaults that
+    explicit flags override, and `--help` shows those, the run's real defaults."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--dataset", default="synthetic")
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser(SCEGGTrainingArguments)
+    parser = HfArgumentParser(SCEGGTrainingArguments, prog=prog,
+                              description="Train SC-EGG stage by stage (Accelerate); --dataset and --config set the defaults shown.")
     default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
     preset = dataset_preset(known.config, known.dataset)
     parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))
