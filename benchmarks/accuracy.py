@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.training.arguments import DEFAULT_PRESETS  # noqa: E402
+from modeling_scegg.training.arguments import DEFAULT_PRESETS, read_preset  # noqa: E402
 
 DEFAULT_METADATA = REPO.parent / "shared" / "data"
 # The benchmark schedule: network widths and stage lengths cut so that a run takes minutes on
@@ -47,15 +47,27 @@ METRICS = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_see
 
 def method_flags(args: argparse.Namespace, dataset: str) -> dict[str, tuple[str, list[str], list[str]]]:
     """Method name -> (preset name or path, extra model overrides, extra training flags)."""
+    published_dec_lr = [] if read_preset(f"{dataset.lower()}-published")["training"]["decoder_lr"] == 1e-4 else ["--decoder_lr", "1e-4"]
     return {"SC-EGG": (args.scegg_preset or DEFAULT_PRESETS[dataset], args.scegg_overrides, []),
-            "SC-EGG published": ("{ds}-published", [], ["--decoder_lr", "1e-4"]),
+            "SC-EGG published": ("{ds}-published", [], published_dec_lr),
             "TF-VAEGAN": (args.baseline_preset, args.baseline_overrides, [])}
+
+
+def run_folder(args: argparse.Namespace, dataset: str, method: str, seed: int) -> Path:
+    """Where a run lives; methods that resolve to the same settings share their runs."""
+    preset, overrides, extra = method_flags(args, dataset)[method]
+    for other, settings in method_flags(args, dataset).items():
+        if settings[1:] == (overrides, extra) and read_preset(settings[0].format(ds=dataset.lower())) == read_preset(
+                preset.format(ds=dataset.lower())):
+            method = other
+            break
+    return Path(args.output_dir) / "runs" / f"{dataset}-{method.replace(' ', '_')}-seed{seed}"
 
 
 def train(args: argparse.Namespace, dataset: str, data_dir: Path, method: str, seed: int) -> dict:
     """One training run in a subprocess (clean memory, any code version); its results.json."""
     preset, overrides, method_extra = method_flags(args, dataset)[method]
-    out = Path(args.output_dir) / "runs" / f"{dataset}-{method.replace(' ', '_')}-seed{seed}"
+    out = run_folder(args, dataset, method, seed)
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())
     flags = ["--dataset", dataset, "--data_dir", str(data_dir), "--cache_dir", str(Path(args.output_dir) / "cache"),
