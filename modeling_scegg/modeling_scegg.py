@@ -14,6 +14,35 @@ model, so a checkpoint restored with `from_pretrained` predicts at once. The sta
 lives outside this file (it calls the loss functions below, which name the paper's equations);
 this file depends only on torch, transformers and its sibling configuration file so it can travel
 to the Hub as remote code.
+
+Where each equation of the paper lives:
+
+====  ===========================================================================================
+Eq.   symbol
+====  ===========================================================================================
+1     `SCEGGLocalEmbeddingNetwork.attribute_attention` (attention over regions) and
+      `.local_features` (h_n = sum_r a_nr r_r)
+2     `SCEGGLocalEmbeddingNetwork.local_embedding` (e_l[n] = h_n^T W_beta v_n)
+3     `SCEGGLocalEmbeddingNetwork.local_class_scores` (p_l)
+4     `SCEGGSemanticCompression` (g = SC(h)); `SCEGGSemanticCompressionEmbeddingNetwork.compress`
+      (the published attribute mean at runtime)
+5     `SCEGGSemanticCompressionEmbeddingNetwork.global_classifier` (p_g = CLS_g(g), stage 1);
+      `SCEGGRegressionHead` is the CLS_g that stage 2 fits and stage 3 is guided by
+6     `local_embedding_cross_entropy_eq6` (L_LCE)
+7     `global_embedding_cross_entropy_eq7` (L_GCE)
+8     `semantic_consistent_regression_loss_eq8` (L_SCR)
+9     `tfvaegan_loss_eq9` (L_VG)
+10    `tfvaegan_vae_loss_eq10` (L_VAE)
+11    `wgan_critic_loss_eq11`, `gradient_penalty_eq11`, `generator_adversarial_loss_eq11` (L_WGAN),
+      with TF-VAEGAN's `adapt_gradient_penalty_weight`
+12    `attribute_reconstruction_loss_eq12` (L_Rec)
+13    `embedding_guided_synthesis_loss_eq13` (L_EGS)
+14    `synthetic_seen_cross_entropy_eq14` (L_SCE)
+15    `synthetic_unseen_cross_entropy_eq15` (L_UCE)
+16    `stage1_loss_eq16` (L_S1)
+17    `stage2_loss_eq17` (L_S2)
+18    `stage3_loss_eq18` (L_S3)
+====  ===========================================================================================
 """
 from __future__ import annotations
 
@@ -454,9 +483,19 @@ def embedding_guided_synthesis_loss_eq13(
 ) -> torch.Tensor:
     """L_EGS (Eq. 13) = lambda_s L_SCE (Eq. 14) + lambda_u L_UCE (Eq. 15): the frozen CLS_g must
     recognise synthetic seen and unseen features among all classes."""
-    sce = F.cross_entropy(seen_scores, seen_labels)
-    uce = F.cross_entropy(unseen_scores, unseen_labels)
-    return lambda_s * sce + lambda_u * uce
+    return (lambda_s * synthetic_seen_cross_entropy_eq14(seen_scores, seen_labels)
+            + lambda_u * synthetic_unseen_cross_entropy_eq15(unseen_scores, unseen_labels))
+
+
+def synthetic_seen_cross_entropy_eq14(seen_scores: torch.Tensor, seen_labels: torch.Tensor) -> torch.Tensor:
+    """L_SCE (Eq. 14): cross entropy of CLS_g on synthetic seen features, softmax over all classes."""
+    return F.cross_entropy(seen_scores, seen_labels)
+
+
+def synthetic_unseen_cross_entropy_eq15(unseen_scores: torch.Tensor, unseen_labels: torch.Tensor) -> torch.Tensor:
+    """L_UCE (Eq. 15): the same for synthetic features of unseen classes, which have no real
+    images: the only signal that ties their synthesis to what CLS_g learnt from the LEN."""
+    return F.cross_entropy(unseen_scores, unseen_labels)
 
 
 def stage1_loss_eq16(
@@ -472,6 +511,11 @@ def stage1_loss_eq16(
     if lambda_l:
         loss = loss + lambda_l * local_embedding_cross_entropy_eq6(local_scores, labels, class_ids)
     return loss
+
+
+def stage2_loss_eq17(global_scores: torch.Tensor, local_scores: torch.Tensor, reduction: str = "mse") -> torch.Tensor:
+    """L_S2 (Eq. 17) = L_SCR: stage 2 trains only the regression head, against the frozen LEN."""
+    return semantic_consistent_regression_loss_eq8(global_scores, local_scores, reduction)
 
 
 def stage3_loss_eq18(tfvaegan_loss: torch.Tensor, synthesis_loss: torch.Tensor) -> torch.Tensor:
@@ -967,5 +1011,8 @@ __all__ = [
     "fit_linear_classifier",
     "gzsl_cross_entropy",
     "stage1_loss_eq16",
+    "stage2_loss_eq17",
     "stage3_loss_eq18",
+    "synthetic_seen_cross_entropy_eq14",
+    "synthetic_unseen_cross_entropy_eq15",
 ]

@@ -549,3 +549,17 @@ def test_checkpoints_without_refit_data_still_load_and_say_why_they_cannot_add(t
     assert not old.has_refit_data and old.seen_feature_mean.abs().sum() == 0
     with pytest.raises(ValueError, match="stores no statistics of the real seen features"):
         old.add_classes(["x"], torch.rand(1, 7))
+
+
+def test_equations_13_to_15_and_17_have_their_own_symbols():
+    """L_EGS is lambda_s L_SCE + lambda_u L_UCE; L_S2 is L_SCR; the module docstring indexes every equation."""
+    scores_s, scores_u = torch.randn(4, 6), torch.randn(4, 6)
+    labels_s, labels_u = torch.tensor([0, 2, 3, 5]), torch.tensor([1, 4, 4, 1])
+    sce = mm.synthetic_seen_cross_entropy_eq14(scores_s, labels_s)
+    uce = mm.synthetic_unseen_cross_entropy_eq15(scores_u, labels_u)
+    torch.testing.assert_close(sce, F.cross_entropy(scores_s, labels_s))
+    torch.testing.assert_close(mm.embedding_guided_synthesis_loss_eq13(scores_s, labels_s, scores_u, labels_u, 0.3, 0.7),
+                               0.3 * sce + 0.7 * uce)
+    torch.testing.assert_close(mm.stage2_loss_eq17(scores_s, scores_u), F.mse_loss(scores_s, scores_u))
+    for eq in range(1, 19):
+        assert f"\n{eq:<6}" in mm.__doc__, f"Eq. {eq} is not in the module docstring's index"
