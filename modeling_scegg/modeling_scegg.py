@@ -61,6 +61,8 @@ from transformers.utils import ModelOutput
 from .configuration_scegg import SCEGGConfig
 
 _SCALER_EPS = 1e-12
+# Adam betas of TF-VAEGAN's generator, critic, decoder, feedback and final classifiers.
+TFVAEGAN_BETAS = (0.5, 0.999)
 
 
 @dataclass
@@ -875,7 +877,7 @@ def fit_linear_classifier(
 ) -> None:
     """TF-VAEGAN's final-classifier recipe on one process: Adam (betas 0.5, 0.999) on shuffled
     mini-batches of cross entropy, for a fixed number of epochs."""
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=TFVAEGAN_BETAS)
     classifier.train()
     with torch.enable_grad():
         for _ in range(epochs):

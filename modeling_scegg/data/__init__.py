@@ -6,7 +6,7 @@ dataset repos, image folders); ``RegionFeatureReader`` is the fast training path
 from .converted import open_converted
 from .hub_layout import save_zsl_dataset_to_hub_layout
 from .loader import default_cache_dir, load_zsl_dataset
-from .sampling import ClassBalancedSampler, class_balanced_batches
+from .sampling import ClassBalancedSampler
 from .semantics import ClassSemantics, ZSLDataset
 from .store import RegionFeatureReader, load_split, region_feature_features, write_split
 from .synthetic import SyntheticConfig, generate_synthetic
@@ -19,7 +19,6 @@ __all__ = [
     "RegionFeatureReader",
     "SyntheticConfig",
     "ZSLDataset",
-    "class_balanced_batches",
     "default_cache_dir",
     "generate_synthetic",
     "load_split",

@@ -40,11 +40,3 @@ class ClassBalancedSampler:
         local = rng.choice(size, count, replace=count > size)
         return self._order[self._starts[class_index] + local]
 
-
-def class_balanced_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of one batch: ``batch_size`` distinct classes with one image each when there are
-    at least ``batch_size`` classes, else every class several times; always exactly ``batch_size``.
-
-    For many batches over the same labels, build a :class:`ClassBalancedSampler` once.
-    """
-    return ClassBalancedSampler(labels).sample(batch_size, rng)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
-from .common import GAN_BETAS, RunContext, optimizer_step, run_steps, sharded_map
+from ..modeling_scegg import TFVAEGAN_BETAS
+from .common import RunContext, optimizer_step, run_steps, sharded_map
 
 
 @torch.no_grad()
@@ -128,7 +129,7 @@ def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -
     Accelerate when the classifiers were prepared, plainly for local copies."""
     steps = []
     for classifier in classifiers:
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=GAN_BETAS)
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=TFVAEGAN_BETAS)
         if accelerator is not None:
             optimizer = accelerator.prepare(optimizer)
         steps.append(functools.partial(optimizer_step, accelerator, optimizer))

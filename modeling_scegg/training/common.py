@@ -24,8 +24,6 @@ from .checkpointing import CheckpointManager, StageState
 logger = get_logger(__name__)
 
 _STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "stage3": 3, "classifiers": 4}
-# Adam betas of TF-VAEGAN's generator, critic, decoder, feedback and final classifiers.
-GAN_BETAS = (0.5, 0.999)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from torch import nn
 from ..configuration_scegg import SCEGGConfig
 from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import (
+    TFVAEGAN_BETAS,
     adapt_gradient_penalty_weight,
     attribute_reconstruction_loss_eq12,
     embedding_guided_synthesis_loss_eq13,
@@ -40,7 +41,7 @@ from ..modeling_scegg import (
     wgan_critic_loss_eq11,
 )
 from .checkpointing import StageState
-from .common import GAN_BETAS, RunContext, run_steps
+from .common import RunContext, run_steps
 
 NETWORKS = ("encoder", "generator", "critic", "decoder", "feedback")
 
@@ -91,7 +92,7 @@ def _prepare(ctx: RunContext, accelerator: Accelerator) -> tuple[dict[str, nn.Mo
     """Adam for every network: default betas for E, TF-VAEGAN's (0.5, 0.999) for the others."""
     eggn, rates = ctx.model.eggn, learning_rates(ctx)
     modules = [getattr(eggn, name) for name in NETWORKS]
-    optimizers = [torch.optim.Adam(module.parameters(), lr=rates[name], **({} if name == "encoder" else {"betas": GAN_BETAS}))
+    optimizers = [torch.optim.Adam(module.parameters(), lr=rates[name], **({} if name == "encoder" else {"betas": TFVAEGAN_BETAS}))
                   for name, module in zip(NETWORKS, modules)]
     prepared = accelerator.prepare(*modules, *optimizers)
     count = len(NETWORKS)
