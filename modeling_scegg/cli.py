@@ -13,12 +13,16 @@ import sys
 from typing import Sequence
 
 
-def _train(argv: Sequence[str]) -> int:
-    from .training import parse_training_args, run_pipeline
-
+def configure_logging() -> None:
+    """Stage times, the chosen preset and the calibration at INFO; library chatter at WARNING."""
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("modeling_scegg").setLevel(logging.INFO)
 
+
+def _train(argv: Sequence[str]) -> int:
+    from .training import parse_training_args, run_pipeline
+
+    configure_logging()
     results = run_pipeline(parse_training_args(list(argv)))
     print(format_results(results))
     return 0

@@ -51,6 +51,14 @@ _CACHE_FILE, _PROGRESS_FILE = "cache.safetensors", "progress.json"
 
 def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     """The run's dataset; converted once (by the main process first) and memory-mapped."""
+    silence_noisy_loggers()
+    # An Accelerator (not a bare PartialState, which ignores ACCELERATE_USE_CPU) sets up the
+    # process group that every later barrier relies on.
+    with Accelerator(mixed_precision=args.mixed_precision).main_process_first():
+        return _load_zsl_data(args)
+
+
+def _load_zsl_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     extra = {}
     if args.synthetic_overrides:
         if args.dataset != "synthetic":
@@ -166,22 +174,10 @@ class _Timer:
 
 
 def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
-    """Train every stage and evaluate; returns the results written to `results.json`.
-
-    With `--selection validation` (the classifier epochs, and with `--stage3_eval_every` the
-    stage-3 epochs) and `--calibration validation` (the seen-score offset), choices are first made
-    on the validation view of the data, in a full run of its own under `output_dir/validation`;
-    then the real run uses them."""
-    silence_noisy_loggers()
-    # An Accelerator (not a bare PartialState, which ignores ACCELERATE_USE_CPU) sets up the
-    # process group that every later barrier relies on.
-    with Accelerator(mixed_precision=args.mixed_precision).main_process_first():
-        data = load_data(args)
-    args = dataclasses.replace(args, calibration=resolve_calibration(args.calibration, data))
-    selection = None
-    if args.selection == "validation" or args.calibration == "validation":
-        selection = _select_on_validation(args, data)
-        args = dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"])
+    """Train every stage and evaluate (what `scegg train` and examples/train_stages.py run);
+    returns the results written to `results.json`."""
+    data = load_data(args)
+    args, selection = choose_on_validation(args, data)
     return train_and_evaluate(args, data, selection=selection)[0]
 
 
@@ -194,6 +190,19 @@ def resolve_calibration(calibration: str, data: ZSLDataset) -> str:
     logger.info(f"--calibration auto: {resolved} ({data.name} {'has' if resolved == 'validation' else 'has no'} "
                 f"train_sub / val splits)", main_process_only=True)
     return resolved
+
+
+def choose_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> tuple[SCEGGTrainingArguments, dict | None]:
+    """The choices that must not look at test data, made on the validation view of `data` in a
+    full run of its own under `output_dir/validation`: the calibration offset
+    (`--calibration`), and with `--selection validation` the classifier epochs (and, with
+    `--stage3_eval_every`, the stage-3 epochs). Returns the arguments of the real run and what
+    was chosen (None when nothing is)."""
+    args = dataclasses.replace(args, calibration=resolve_calibration(args.calibration, data))
+    if args.selection != "validation" and args.calibration != "validation":
+        return args, None
+    selection = _select_on_validation(args, data)
+    return dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"]), selection
 
 
 def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
@@ -227,15 +236,18 @@ def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dic
 
 
 @dataclass
-class _Run:
-    """One resumable run of all stages on one dataset: its context, the feature cache, and the
-    progress record (timings, per-epoch scores, results) that every snapshot saves."""
+class Run:
+    """One resumable run of all stages on one dataset: its context, the feature cache, the
+    progress record (timings, per-epoch scores, results) that every snapshot saves, what was
+    chosen on validation, and whether this is the validation view's own run."""
 
     ctx: RunContext
     data: ZSLDataset
     caches: dict[str, dict[str, torch.Tensor]]
     progress: dict[str, Any]
     done: int
+    selection: dict[str, Any] | None = None
+    view: bool = False
 
     def stage(self, name: str) -> _Timer:
         return _Timer(self.progress["timings"], name)
@@ -243,12 +255,21 @@ class _Run:
     def finish(self, stage: str) -> None:
         self.ctx.checkpoints.finish_stage(self.ctx.tracker, stage, _save_snapshot(self.ctx, self.caches, self.progress))
 
+    def pending(self, stage: str) -> bool:
+        """Whether `stage` still has to run (a resumed run skips the finished ones)."""
+        return STAGES.index(stage) >= self.done
+
+    @property
+    def calibrate(self) -> bool:
+        """The view's run scores every epoch with the offset that is best there."""
+        return self.view and self.ctx.args.calibration == "validation"
+
     @property
     def test_caches(self) -> dict[str, dict[str, torch.Tensor]]:
         return {s: self.caches[s] for s in ("test_seen", "test_unseen")}
 
 
-def _start_run(args: SCEGGTrainingArguments, data: ZSLDataset) -> _Run:
+def start_run(args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict | None = None, view: bool = False) -> Run:
     """A fresh model with the data's class semantics, or the newest snapshot with `--resume`."""
     tracker = _tracker(args)
     checkpoints = CheckpointManager(args.output_dir)
@@ -269,11 +290,15 @@ def _start_run(args: SCEGGTrainingArguments, data: ZSLDataset) -> _Run:
     tracker.init_trackers("scegg", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
     ctx = RunContext(args=args, model=model, tracker=tracker, checkpoints=checkpoints,
                      history={k: [tuple(p) for p in v] for k, v in progress.get("history", {}).items()})
-    return _Run(ctx=ctx, data=data, caches=caches, progress=progress, done=STAGES.index(finished) + 1 if finished else 0)
+    return Run(ctx=ctx, data=data, caches=caches, progress=progress, done=STAGES.index(finished) + 1 if finished else 0,
+               selection=selection, view=view)
 
 
-def _run_stage1(run: _Run) -> None:
-    """Train the SCEN (Eq. 16), then cache the dense features g (and p_l) of every image, scaled."""
+def run_stage1(run: Run) -> None:
+    """Train the SCEN with L_S1 (Eq. 16), then cache the dense features g (and p_l) of every
+    image, min-max scaled: later stages never read region features again."""
+    if not run.pending("stage1"):
+        return
     ctx, splits = run.ctx, run.data.splits
     with run.stage("stage1"):
         if ctx.model.config.dense_feature_source == "scen":
@@ -284,8 +309,11 @@ def _run_stage1(run: _Run) -> None:
     run.finish("stage1")
 
 
-def _run_stage2(run: _Run) -> None:
-    """Train the regression head CLS_g on the cache (Eq. 17), when L_EGS will use it."""
+def run_stage2(run: Run) -> None:
+    """Train the regression head CLS_g on the cache with L_S2 = L_SCR (Eq. 17), when L_EGS will
+    use it."""
+    if not run.pending("stage2"):
+        return
     with run.stage("stage2"):
         if _needs_stage2(run.ctx.model.config):
             train_stage2(run.ctx, run.caches["train"])
@@ -295,33 +323,56 @@ def _run_stage2(run: _Run) -> None:
     run.finish("stage2")
 
 
-def _run_stage3(run: _Run, score_every: int, calibrate: bool) -> None:
-    """Train the EGGN (Eq. 18); every `score_every` epochs, score fresh classifiers on the run's
-    test splits (the validation view's held-out images, or test for the labelled published
-    protocol)."""
-    ctx, seed = run.ctx, run.ctx.args.seed
+def run_stage3(run: Run) -> None:
+    """Train the EGGN with L_S3 (Eq. 18). The view's run scores fresh classifiers on its
+    held-out images every `--stage3_eval_every` epochs; `--published_protocol full` scores them
+    on test after every epoch (labelled test-selected)."""
+    if not run.pending("stage3"):
+        return
+    ctx, args = run.ctx, run.ctx.args
+    score_every = args.stage3_eval_every if run.view else int(args.published_protocol == "full")
     scorer = None
     if score_every:
         def scorer(epoch: int) -> list[dict]:
             # a seed sequence of its own, so these shuffles never share a stream with a stage's
-            return score_classifier_schedule(ctx, run.caches["train"], run.test_caches, seed=(seed, 3, epoch),
-                                             calibrate=calibrate)
+            return score_classifier_schedule(ctx, run.caches["train"], run.test_caches, seed=(args.seed, 3, epoch),
+                                             calibrate=run.calibrate)
     with run.stage("stage3"):
         run.progress["stage3_scores"] = train_stage3(ctx, run.caches["train"], scorer, score_every)
     run.finish("stage3")
 
 
-def _run_classifiers(run: _Run, selection: dict | None, score_every_epoch: bool, calibrate: bool) -> None:
-    """Synthesise unseen features, train the final classifiers, score the test splits; the
-    seen-score offset chosen on validation (if any) becomes part of the model."""
-    epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if selection and "gzsl_epochs" in selection else None
-    offset = selection["calibration"]["seen_score_offset"] if selection and "calibration" in selection else 0.0
+def run_classifiers(run: Run) -> None:
+    """Synthesise unseen features, train the final GZSL and CZSL classifiers, score the test
+    splits; the seen-score offset chosen on validation (if any) becomes part of the model."""
+    if not run.pending("classifiers"):
+        return
+    selection, args = run.selection or {}, run.ctx.args
+    epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if "gzsl_epochs" in selection else None
+    offset = selection["calibration"]["seen_score_offset"] if "calibration" in selection else 0.0
     with run.stage("classifiers"):
         run.progress["results"], run.progress["scores_by_epoch"] = train_and_evaluate_classifiers(
-            run.ctx, run.caches["train"], run.test_caches, epochs=epochs, score_every_epoch=score_every_epoch,
-            calibrate=calibrate, seen_score_offset=offset)
+            run.ctx, run.caches["train"], run.test_caches, epochs=epochs,
+            score_every_epoch=run.view or args.published_protocol == "classifier", calibrate=run.calibrate,
+            seen_score_offset=offset)
         run.ctx.model.config.seen_score_offset = offset
     run.finish("classifiers")
+
+
+def finish_run(run: Run) -> dict[str, Any]:
+    """Keep what `add_classes` needs, then write the model, results.json, plots and card (and
+    push); returns the results."""
+    ctx, args = run.ctx, run.ctx.args
+    # per-class statistics of the real seen features: add_classes refits without the training data
+    ctx.model.record_refit_data(run.caches["train"]["features"], run.caches["train"]["labels"], args.syn_num,
+                                [run.progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
+                                args.classifier_lr)
+    results = _results(args, run.data, run.progress, run.selection)
+    if ctx.tracker.is_main_process:
+        _write_outputs(ctx, run.data, run.caches, results)
+    ctx.tracker.wait_for_everyone()
+    ctx.tracker.end_training()
+    return results
 
 
 def train_and_evaluate(
@@ -329,23 +380,12 @@ def train_and_evaluate(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One resumable run of all stages on `data` (the validation view with `view`); returns the
     results and the run's progress record (timings, per-epoch scores)."""
-    run = _start_run(args, data)
-    calibrate = view and args.calibration == "validation"
-    stage3_every = args.stage3_eval_every if view else int(args.published_protocol == "full")
-    stages = (lambda: _run_stage1(run), lambda: _run_stage2(run), lambda: _run_stage3(run, stage3_every, calibrate),
-              lambda: _run_classifiers(run, selection, view or args.published_protocol == "classifier", calibrate))
-    for train in stages[run.done:]:
-        train()
-    # what add_classes needs later to refit the classifiers without the training data
-    run.ctx.model.record_refit_data(run.caches["train"]["features"], run.caches["train"]["labels"], args.syn_num,
-                                    [run.progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
-                                    args.classifier_lr)
-    results = _results(args, data, run.progress, selection)
-    if run.ctx.tracker.is_main_process:
-        _write_outputs(run.ctx, data, run.caches, results)
-    run.ctx.tracker.wait_for_everyone()
-    run.ctx.tracker.end_training()
-    return results, run.progress
+    run = start_run(args, data, selection, view)
+    run_stage1(run)
+    run_stage2(run)
+    run_stage3(run)
+    run_classifiers(run)
+    return finish_run(run), run.progress
 
 
 def _needs_stage2(config: SCEGGConfig) -> bool:
