@@ -11,8 +11,10 @@ setup(
     description="SC-EGG (IJCAI-22) generative zero-shot learning as a transformers model",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["modeling_scegg", "modeling_scegg.*"]),
-    package_data={"modeling_scegg": ["templates/*.md"]},
+    packages=[*find_packages(include=["modeling_scegg", "modeling_scegg.*"]), "modeling_scegg.hub_configs"],
+    # the presets live at the top of the repository and install as a data package of modeling_scegg
+    package_dir={"modeling_scegg.hub_configs": "hub_configs"},
+    package_data={"modeling_scegg": ["templates/*.md"], "modeling_scegg.hub_configs": ["*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -2,7 +2,7 @@
 
     python examples/train_stages.py                      # built-in synthetic data, a few minutes on CPU
     accelerate launch examples/train_stages.py --dataset CUB --data_dir DIR \
-        --config hub_configs/cub-official.json --output_dir OUT
+        --output_dir OUT   # CUB's default preset; --config NAME to choose
     python examples/train_stages.py --help               # every flag
 """
 import sys

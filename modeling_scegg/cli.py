@@ -30,6 +30,11 @@ def format_results(results: dict) -> str:
     lines = [f"SC-EGG on {results['dataset']} ({results['protocol']})", f"{'metric':<10}{'%':>8}"]
     lines += [f"{name:<10}{value:>8.2f}" for name, value in rows]
     lines.append(f"{'chance':<10}{results['chance_czsl']:>8.2f}  (CZSL, 1/Cu)")
+    if "uncalibrated" in results:
+        raw = results["uncalibrated"]
+        lines.append(f"GZSL above with calibrated stacking (seen-score offset "
+                     f"{results['calibration']['seen_score_offset']:.4g}, chosen on validation); uncalibrated: "
+                     f"U {raw['gzsl_unseen']:.2f}, S {raw['gzsl_seen']:.2f}, H {raw['gzsl_h']:.2f}")
     if "published_protocol" in results:
         pub = results["published_protocol"]
         lines.append(f"{pub['label']}: Acc {pub['czsl_acc']:.2f}, U {pub['gzsl_unseen']:.2f}, "

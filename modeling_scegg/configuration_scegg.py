@@ -88,6 +88,10 @@ class SCEGGConfig(PretrainedConfig):
         lambda_u (`float`, defaults to 0.1): weight of L_UCE (Eq. 15) in L_EGS.
         sce_source (`str`, defaults to `"reconstruction"`): synthetic seen features for L_SCE are the
             VAE reconstructions (published) or samples from the prior (paper).
+        egs_prior_feedback (`bool`, defaults to `False`): whether the fakes that L_EGS draws from the
+            prior (the unseen fakes of Eq. 15, and the seen ones with `sce_source="prior"`) are
+            corrected by the feedback module in the feedback loop. The published code generates
+            them without feedback; `True` is the behaviour of scegg 0.1.
         feedback_weight (`float`, defaults to 1.0): a1, weight of the feedback in training passes.
         synthesis_feedback_weight (`float`, defaults to 1.0): a2, weight of the feedback when
             synthesising features for the final classifiers.
@@ -97,6 +101,10 @@ class SCEGGConfig(PretrainedConfig):
     Final classifiers:
         classifier_input (`str`, defaults to `"augmented"`): the classifiers see
             [x, Dec(x), Dec_hidden(x)] (published TF-VAEGAN) or x alone (`"plain"`).
+        seen_score_offset (`float`, defaults to 0.0): calibrated stacking (Chao et al., ECCV 2016):
+            subtracted from every seen class's GZSL score before the argmax, to counter the bias
+            towards seen classes. Training sets it with `--calibration validation` (chosen on the
+            validation view, never on test); 0 is the uncalibrated classifier.
     """
 
     model_type = "scegg"
@@ -139,11 +147,13 @@ class SCEGGConfig(PretrainedConfig):
     lambda_s: float = 0.1
     lambda_u: float = 0.1
     sce_source: str = "reconstruction"
+    egs_prior_feedback: bool = False
     feedback_weight: float = 1.0
     synthesis_feedback_weight: float = 1.0
     freeze_decoder: bool = False
 
     classifier_input: str = "augmented"
+    seen_score_offset: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.seen_class_ids is None and self.unseen_class_ids is None:

@@ -38,7 +38,8 @@ class SCEGGOutput(ModelOutput):
     """Predictions of SC-EGG for a batch of images.
 
     Args:
-        logits: (B, C) GZSL scores over all classes, in class-id order.
+        logits: (B, C) GZSL scores over all classes, in class-id order (calibrated by
+            `config.seen_score_offset`).
         czsl_logits: (B, Cu) CZSL scores over the unseen classes, in `config.unseen_class_ids` order.
         dense_features: (B, D) the min-max scaled dense-semantic feature g the classifiers see.
         local_scores: (B, C) the LEN's class scores p_l (Eq. 3); None for the pooled baseline.
@@ -660,7 +661,7 @@ class SCEGGModel(SCEGGPreTrainedModel):
         dense = self.scen.scale(raw["features"])
         inputs = self.classifier_features(dense)
         output = SCEGGOutput(
-            logits=self.gzsl_classifier(inputs),
+            logits=self.calibrated_stacking(self.gzsl_classifier(inputs)),
             czsl_logits=self.czsl_classifier(inputs),
             dense_features=dense,
             local_scores=raw["local_scores"],
@@ -668,6 +669,15 @@ class SCEGGModel(SCEGGPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def calibrated_stacking(self, gzsl_scores: torch.Tensor) -> torch.Tensor:
+        """GZSL scores with `config.seen_score_offset` subtracted from the seen classes (Chao et
+        al., ECCV 2016), which trades seen accuracy for unseen accuracy; a no-op at 0."""
+        offset = self.config.seen_score_offset
+        if not offset:
+            return gzsl_scores
+        shift = torch.zeros(gzsl_scores.shape[-1], dtype=gzsl_scores.dtype, device=gzsl_scores.device)
+        return gzsl_scores - shift.index_fill_(0, self.seen_class_ids, offset)
 
     @torch.no_grad()
     def synthesize(

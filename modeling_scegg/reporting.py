@@ -13,7 +13,7 @@ import torch
 from .data import RegionFeatureReader, ZSLDataset
 from .evaluation import predict_split
 from .modeling_scegg import SCEGGModel
-from .visualization import plot_attention_maps, plot_training_curves, plot_tsne
+from .visualization import plot_attention_maps, plot_per_class_accuracy, plot_training_curves, plot_tsne
 
 SYNTHETIC_PER_CLASS = 100  # t-SNE shows at most 100 points per class anyway
 
@@ -47,10 +47,30 @@ def write_plots(
     written.append(plot_tsne(real, labels, syn_x.cpu().numpy(), syn_y.cpu().numpy(), data.semantics.class_names,
                              model.config.unseen_class_ids, folder / "tsne_dense_features.png", seed=seed,
                              title=f"Dense-semantic features on {data.name}: real vs synthetic"))
+    written += _per_class_plots(model, data, dense, folder)
     side = int(round(data.num_regions ** 0.5))
     if model.config.dense_feature_source == "scen" and side * side == data.num_regions:
         written += _attention_plots(model, data, folder, num_attention_images)
     return written
+
+
+@torch.no_grad()
+def _per_class_plots(model: SCEGGModel, data: ZSLDataset, dense: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                     folder: Path) -> list[Path]:
+    """GZSL accuracy of every test class, one plot per split: where the mean hides a collapse to
+    the seen classes (unseen classes near 0) or classes that are never recognised."""
+    device = model.class_attributes.device
+    paths = []
+    for split in ("test_seen", "test_unseen"):
+        features, labels = dense[split]
+        scores = model.calibrated_stacking(model.gzsl_classifier(model.classifier_features(features.to(device))))
+        predicted, labels = scores.argmax(-1).cpu().numpy(), labels.cpu().numpy()
+        accuracy = {int(c): float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
+        as_seen = float(np.isin(predicted, model.config.seen_class_ids).mean())
+        paths.append(plot_per_class_accuracy(accuracy, data.semantics.class_names, folder / f"gzsl_per_class_{split}.png",
+                                             title=f"GZSL accuracy per {split} class on {data.name} "
+                                                   f"({100 * as_seen:.0f}% predicted as seen classes)"))
+    return paths
 
 
 @torch.no_grad()

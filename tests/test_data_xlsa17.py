@@ -465,3 +465,14 @@ def test_feature_map_must_be_four_dimensional(toy: Toy, tmp_path: Path):
     _rewrite_hdf5(toy, feature_map=toy.feature_map.reshape(36, 4, 4))
     with pytest.raises(ValueError, match=r"'feature_map' must be \(N, D, H, W\), got shape \(36, 4, 4\)"):
         _load(toy, tmp_path)
+
+
+def test_any_dataset_name_in_the_standard_layout(tmp_path: Path):
+    """APY, FLO or a user's own set in the xlsa17 layout load by name, sizes read from the files;
+    a name whose files are absent is a clear error listing where it looked."""
+    write_standard_layout(tmp_path / "data", "MyBirds", num_classes=7, num_unseen=2, num_attributes=4, feature_dim=3,
+                          grid=(1, 2), per_class=5)
+    ds = load_zsl_dataset("MyBirds", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert (ds.name, ds.num_regions, ds.feature_dim, ds.semantics.num_classes) == ("MyBirds", 2, 3, 7)
+    with pytest.raises(FileNotFoundError, match=r"APY: no att_splits file .*xlsa17/data/APY/att_splits.mat"):
+        load_zsl_dataset("APY", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")

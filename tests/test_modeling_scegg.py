@@ -397,3 +397,17 @@ def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     assert torch.equal(remote["logits"], local.logits)
     assert torch.equal(remote["czsl_logits"], local.czsl_logits)
     assert REPO_ROOT.exists()
+
+
+def test_seen_score_offset_calibrates_gzsl_logits(tiny_model):
+    """Calibrated stacking lowers every seen class's GZSL score by the offset; CZSL is untouched."""
+    regions = torch.rand(5, 5, 12)
+    with torch.no_grad():
+        plain = tiny_model(regions)
+        tiny_model.config.seen_score_offset = 2.5
+        shifted = tiny_model(regions)
+    seen = tiny_model.config.seen_class_ids
+    unseen = tiny_model.config.unseen_class_ids
+    torch.testing.assert_close(shifted.logits[:, seen], plain.logits[:, seen] - 2.5)
+    torch.testing.assert_close(shifted.logits[:, unseen], plain.logits[:, unseen])
+    torch.testing.assert_close(shifted.czsl_logits, plain.czsl_logits)

@@ -4,14 +4,39 @@ import json
 import pytest
 
 from conftest import REPO_ROOT
-from modeling_scegg.training.arguments import BUILTIN_PRESETS, parse_training_args, read_preset
+from modeling_scegg.training.arguments import BUILTIN_PRESETS, DEFAULT_PRESETS, parse_training_args, read_preset, shipped_presets
 
 
 def test_defaults_follow_the_published_code():
-    args = parse_training_args(["--dataset", "CUB"])
+    args = parse_training_args(["--dataset", "my_data"])
     assert (args.stage1_iters, args.stage2_iters, args.batch_size, args.classifier_epochs) == (2000, 4000, 64, 25)
-    assert args.stage1_optimizer == "rmsprop" and not args.published_protocol
+    assert (args.stage1_optimizer, args.stage2_optimizer, args.stage3_pass_order) == ("rmsprop", "rmsprop", "epoch")
+    assert args.decoder_lr == 1e-4 and not args.published_protocol
     assert args.model_config_overrides() == {}
+
+
+@pytest.mark.parametrize("dataset, preset", [("CUB", "cub"), ("sun", "sun"), ("AWA2", "awa2")])
+def test_a_standard_dataset_picks_its_own_preset(dataset, preset, caplog):
+    """`--dataset SUN` without --config used to train with CUB's numbers; now it gets SUN's
+    default preset, and the log says which."""
+    with caplog.at_level("INFO", logger="modeling_scegg.training.arguments"):
+        args = parse_training_args(["--dataset", dataset])
+    expected = read_preset(DEFAULT_PRESETS[dataset.upper()])
+    assert DEFAULT_PRESETS[dataset.upper()].startswith(preset) and args.config == DEFAULT_PRESETS[dataset.upper()]
+    assert args.stage3_lr == expected["training"]["stage3_lr"] and args.syn_num == expected["training"]["syn_num"]
+    assert args.model_config_overrides() == expected["model"]
+    assert DEFAULT_PRESETS[dataset.upper()] in caplog.text
+
+
+def test_an_explicit_preset_wins_over_the_dataset_default():
+    args = parse_training_args(["--dataset", "SUN", "--config", "sun-paper"])
+    assert args.config == "sun-paper" and args.stage2_optimizer == "adam"
+
+
+def test_a_dataset_without_preset_says_so(caplog):
+    with caplog.at_level("WARNING", logger="modeling_scegg.training.arguments"):
+        parse_training_args(["--dataset", "APY"])
+    assert "APY has no preset" in caplog.text
 
 
 def test_synthetic_uses_its_builtin_preset():
@@ -31,17 +56,23 @@ def test_explicit_flags_win_over_the_preset(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cub", "sun", "awa2"])
-@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("variant", ["published", "paper"])
 def test_shipped_presets_parse_and_build_configs(name, variant):
     from modeling_scegg import SCEGGConfig
 
     path = REPO_ROOT / "hub_configs" / f"{name}-{variant}.json"
     args = parse_training_args(["--config", str(path), "--dataset", name.upper()])
     config = SCEGGConfig(**args.model_config_overrides())
+    preset = read_preset(path)
+    assert set(preset["sources"]) == set(preset["model"]) | set(preset["training"]), "every value names its source"
+    assert all(preset["sources"].values()) and preset["description"]
+    assert args.decoder_lr == 1e-4 and args.stage3_pass_order == "epoch"
     if variant == "paper":
         assert (config.stage1_classes, config.runtime_compression, config.classifier_input) == ("all", "mlp", "plain")
-        assert args.stage1_optimizer == "adam"
+        assert (args.stage1_optimizer, args.stage2_optimizer, args.stage3_lr) == ("adam", "adam", 1e-4)
     else:
+        assert (config.lambda_s, config.lambda_u, config.feedback_weight, config.synthesis_feedback_weight) == (1.0, 0.001, 0, 0)
+        assert args.feedback_lr == {"cub": 1e-5, "sun": 1e-4, "awa2": 1e-4}[name]
         assert (config.stage1_classes, config.runtime_compression, config.classifier_input) == ("seen", "mean", "augmented")
 
 
@@ -58,3 +89,10 @@ def test_bad_presets_and_flags_are_named(tmp_path):
         parse_training_args(["--mixed_precision", "fp8"])
     with pytest.raises(ValueError, match="hub_model_id"):
         parse_training_args(["--push_to_hub", "true"])
+
+
+def test_shipped_presets_are_found_by_name():
+    assert {f"{d}-{v}" for d in ("cub", "sun", "awa2") for v in ("published", "paper", "tfvaegan")} <= set(shipped_presets())
+    assert read_preset("awa2-tfvaegan")["model"]["dense_feature_source"] == "pooled"
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        read_preset("cub-oficial")

@@ -40,7 +40,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("run")
-    args = parse_training_args(tiny_argv(out, cache_dir, "--published_protocol", "true"))
+    args = parse_training_args(tiny_argv(out, cache_dir, "--published_protocol", "full"))
     return out, run_pipeline(args), args
 
 
@@ -57,9 +57,34 @@ def test_outputs_of_a_run(finished_run):
     assert "TEST" in saved["published_protocol"]["label"]
     for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
         assert 0.0 <= saved[key] <= 100.0
-    for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png"):
+    for png in ("training_curves.png", "tsne_dense_features.png", "attention_test_unseen_0.png",
+                "gzsl_per_class_test_seen.png", "gzsl_per_class_test_unseen.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert list((out / "checkpoints").iterdir()) == [out / "checkpoints" / "after_classifiers"]
+
+
+def test_published_protocol_reports_both_selection_levels(finished_run):
+    """The published numbers are the best classifier epoch on test after every stage-3 epoch,
+    then the best stage-3 epoch (CZSL and GZSL separately); each level is kept and labelled."""
+    _, results, _ = finished_run
+    published = results["published_protocol"]
+    per_epoch = published["per_stage3_epoch"]
+    assert sorted(per_epoch) == ["1", "2", "3"] and "every stage-3 epoch" in published["label"]
+    assert published["czsl_acc"] == max(e["czsl_acc"] for e in per_epoch.values())
+    assert published["gzsl_h"] == max(e["gzsl_h"] for e in per_epoch.values())
+    assert per_epoch[str(published["gzsl_stage3_epoch"])]["gzsl_h"] == published["gzsl_h"]
+    assert all(1 <= e["czsl_epoch"] <= 3 and 1 <= e["gzsl_epoch"] <= 3 for e in per_epoch.values())
+
+
+def test_published_protocol_classifier_level():
+    from modeling_scegg.training.pipeline import published_protocol_results
+
+    scores = [{"czsl_acc": a, "gzsl_unseen": u, "gzsl_seen": 50.0, "gzsl_h": h} for a, u, h in
+              ((10.0, 5.0, 9.0), (30.0, 6.0, 11.0), (20.0, 7.0, 10.0))]
+    args = parse_training_args(["--published_protocol", "classifier"])
+    result = published_protocol_results(args, {"scores_by_epoch": scores})
+    assert (result["czsl_acc"], result["czsl_epoch"], result["gzsl_h"], result["gzsl_epoch"]) == (30.0, 2, 11.0, 2)
+    assert "after the last stage-3 epoch" in result["label"]
 
 
 def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):
@@ -105,7 +130,8 @@ def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):
         main(["evaluate", str(out), "synthetic", "--cache_dir", str(tmp_path / "cache")])
     assert main(["plot", str(out), str(tmp_path / "layout"), "--cache_dir", str(tmp_path / "cache"),
                  "--output", str(tmp_path / "plots"), "--attention_images", "1"]) == 0
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "tsne_dense_features.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "gzsl_per_class_test_seen.png",
+                                                                  "gzsl_per_class_test_unseen.png", "tsne_dense_features.png"]
 
 
 def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):
@@ -154,7 +180,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, kill_a
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("variant", ["published", "paper"])
 def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
     """`--dataset SUN --data_dir DIR --config hub_configs/sun-<variant>.json` on a tiny copy of the
     standard layout with a 3 x 3 region grid: every size is read from the files, and every paper
@@ -171,7 +197,7 @@ def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
     results = run_pipeline(parse_training_args(argv))
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert (model.config.num_regions, model.config.feature_dim, model.config.num_attributes) == (9, 10, 6)
-    if variant == "official":
+    if variant == "published":
         assert (model.config.lambda_s, model.config.lambda_u, model.config.gamma_d) == (1.0, 0.001, 1.0)
     else:
         assert (model.config.runtime_compression, model.config.sce_source, model.config.adaptive_gp) == ("mlp", "prior", False)

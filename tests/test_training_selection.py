@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from datasets import DatasetDict
 
+from modeling_scegg import SCEGGModel
 from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
+from modeling_scegg.evaluation import evaluate_model
 from modeling_scegg.training import parse_training_args, run_pipeline
+from modeling_scegg.training.pipeline import load_data
 from modeling_scegg.training.selection import validation_view
 from test_training_pipeline import tiny_argv
 
@@ -47,8 +50,10 @@ def test_view_needs_a_validation_split(data):
 
 def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--selection", "validation", "--classifier_epochs", "4",
-                     "--stage3_epochs", "2", "--stage3_eval_every", "1", "--plots", "false")
-    results = run_pipeline(parse_training_args(argv))
+                     "--stage3_epochs", "2", "--stage3_eval_every", "1", "--plots", "false",
+                     "--calibration", "validation")
+    args = parse_training_args(argv)
+    results = run_pipeline(args)
     selection = results["selection"]
     assert selection["stage3_epochs_scored"] == [1, 2] and selection["stage3_epochs"] in (1, 2)
     assert results["training_args"]["stage3_epochs"] == selection["stage3_epochs"]
@@ -60,3 +65,14 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     assert selection["validation_unseen_classes"] != []
     card = (tmp_path / "out" / "README.md").read_text()
     assert "validation" in card.lower()
+    # calibrated stacking: the offset is the one that was best on the view for the chosen epoch,
+    # the saved model applies it, and the raw numbers stay beside the calibrated ones
+    offset = selection["calibration"]["seen_score_offset"]
+    assert offset == selection["validation_scores"]["seen_score_offset"] == results["calibration"]["seen_score_offset"]
+    assert "calibrated-stacking" in results["protocol"] and "never on test" in results["calibration"]["method"]
+    assert set(results["uncalibrated"]) == {"gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen"}
+    model = SCEGGModel.from_pretrained(tmp_path / "out")
+    assert model.config.seen_score_offset == offset
+    recomputed = evaluate_model(model, load_data(args), batch_size=16)
+    for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
+        assert recomputed[key] == pytest.approx(results[key], abs=1e-6), key

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STANDARD_DATASETS = ("CUB", "SUN", "AWA2", "AWA1")
+# Benchmarks of the xlsa17 layout; any other name with files in that layout under data_dir loads too.
+STANDARD_DATASETS = ("CUB", "SUN", "AWA2", "AWA1", "APY", "FLO")
+_STANDARD_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["ClassSemantics", "ZSLDataset", "default_cache_dir", "load_zsl_dataset"]
@@ -162,6 +164,17 @@ def _load_images(
     return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics)
 
 
+def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:
+    """The benchmark name to look up in the standard layout, or None for other sources: a known
+    benchmark (CUB, SUN, ...; in capitals, as xlsa17 names its folders) unless a folder of that
+    name sits in the working directory, or, given `data_dir`, any plain name."""
+    if name.upper() in STANDARD_DATASETS and (data_dir is not None or not Path(name).exists()):
+        return name.upper()
+    if data_dir is not None and _STANDARD_NAME.match(name) and not Path(name).is_dir():
+        return name
+    return None
+
+
 def load_zsl_dataset(
     name_or_path: str = "synthetic",
     data_dir: str | os.PathLike | None = None,
@@ -179,8 +192,9 @@ def load_zsl_dataset(
     ``name_or_path``:
 
     * ``"synthetic"`` (default): the built-in generator (``synthetic_config`` sets its sizes);
-    * ``"CUB"``, ``"SUN"``, ``"AWA2"`` (or ``"AWA1"``): the xlsa17 files + region HDF5 + word
-      vectors under ``data_dir`` (layout in :mod:`.xlsa17`);
+    * ``"CUB"``, ``"SUN"``, ``"AWA2"``, ``"APY"``, ... or any other name: the xlsa17 files +
+      region HDF5 + word vectors of that name under ``data_dir`` (layout in :mod:`.xlsa17`; every
+      size is read from the files);
     * an image folder, when ``class_attributes_file`` is given: ResNet-101 region features are
       extracted with ``image_backbone`` (a torchvision ResNet-101 file, a transformers ResNet
       folder / Hub id, a built ``ResNetModel``, or None for random weights in tests; see
@@ -200,14 +214,15 @@ def load_zsl_dataset(
         dataset = _load_synthetic(synthetic_config or SyntheticConfig(), cache_dir)
     elif class_attributes_file is not None:
         dataset = _load_images(name_or_path, cache_dir, class_attributes_file, image_backbone, image_options or {})
-    elif name_or_path.upper() in STANDARD_DATASETS and not Path(name_or_path).exists():
-        dataset = _load_standard(name_or_path.upper(), data_dir, cache_dir)
+    elif _standard_name(name_or_path, data_dir):
+        dataset = _load_standard(_standard_name(name_or_path, data_dir), data_dir, cache_dir)
     elif Path(name_or_path).is_dir() or _HUB_ID.match(name_or_path):
         dataset = _load_hub_layout(name_or_path, cache_dir, revision)
     else:
         raise ValueError(
-            f"unknown dataset '{name_or_path}': expected 'synthetic', one of {list(STANDARD_DATASETS)} (with data_dir), "
-            "an image folder (with class_attributes_file), or a dataset folder / Hub id ('owner/name') in the hub layout"
+            f"unknown dataset '{name_or_path}': expected 'synthetic', a dataset name whose files are in the standard "
+            f"layout under data_dir (e.g. {list(STANDARD_DATASETS)}), an image folder (with class_attributes_file), "
+            "or a dataset folder / Hub id ('owner/name') in the hub layout"
         )
     if clip_negative_attributes:
         dataset.semantics = clip_negative(dataset.semantics)

@@ -165,17 +165,24 @@ def _class_attributes(rng: np.random.Generator, config: SyntheticConfig, seen: n
     )
 
 
+def visual_ingredients(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Attribute prototypes (A, D), background prototypes (K, D) and the regions (A, L) where
+    each attribute can appear: the part of the world that does not depend on the classes."""
+    prototypes = _sparse_directions(rng, config.num_attributes, config.feature_dim, config.prototype_density)
+    backgrounds = _sparse_directions(rng, config.num_background, config.feature_dim, config.prototype_density)
+    locations = np.stack(
+        [rng.choice(config.num_regions, config.locations_per_attribute, replace=False) for _ in range(config.num_attributes)]
+    )
+    return prototypes, backgrounds, locations
+
+
 def build_world(config: SyntheticConfig) -> SyntheticWorld:
     """Draw prototypes, attribute locations, class attributes, word vectors and the class split."""
     rng = np.random.default_rng([config.seed, 0])
     unseen = np.sort(rng.choice(config.num_classes, config.num_unseen, replace=False))
     seen = np.setdiff1d(np.arange(config.num_classes), unseen)
     val = np.sort(rng.choice(seen, config.num_val, replace=False)) if config.num_val else np.zeros(0, dtype=np.int64)
-    prototypes = _sparse_directions(rng, config.num_attributes, config.feature_dim, config.prototype_density)
-    backgrounds = _sparse_directions(rng, config.num_background, config.feature_dim, config.prototype_density)
-    locations = np.stack(
-        [rng.choice(config.num_regions, config.locations_per_attribute, replace=False) for _ in range(config.num_attributes)]
-    )
+    prototypes, backgrounds, locations = visual_ingredients(config, rng)
     original = _class_attributes(rng, config, seen)
     projection = rng.standard_normal((config.feature_dim, config.word_dim)) / np.sqrt(config.prototype_density)
     words = prototypes @ projection + config.word_noise * rng.standard_normal((config.num_attributes, config.word_dim))

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import RegionFeatureReader, ZSLDataset
 from ..modeling_scegg import SCEGGModel
-from .metric import ZSLAccuracy
+from .metric import zsl_scores
 
 
 @torch.no_grad()
@@ -37,10 +37,5 @@ def evaluate_model(model: SCEGGModel, data: ZSLDataset, batch_size: int = 256) -
     model.eval()
     seen = predict_split(model, RegionFeatureReader(data.splits["test_seen"]), batch_size)
     unseen = predict_split(model, RegionFeatureReader(data.splits["test_unseen"]), batch_size)
-    metric = ZSLAccuracy()
-    gz = metric.compute(predictions=np.concatenate([seen["gzsl"], unseen["gzsl"]]),
-                        references=np.concatenate([seen["labels"], unseen["labels"]]),
-                        unseen_class_ids=list(model.config.unseen_class_ids))
-    cz = metric.compute(predictions=unseen["czsl"], references=unseen["labels"])
-    return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
-            "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}
+    return zsl_scores(np.concatenate([seen["gzsl"], unseen["gzsl"]]), np.concatenate([seen["labels"], unseen["labels"]]),
+                      unseen["czsl"], unseen["labels"], model.config.unseen_class_ids)

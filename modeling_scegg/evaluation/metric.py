@@ -73,3 +73,18 @@ class ZSLAccuracy(evaluate.Metric):
         unseen_acc = mean_per_class_accuracy(predictions[unseen], references[unseen])
         result.update(seen=seen_acc, unseen=unseen_acc, harmonic_mean=harmonic_mean(seen_acc, unseen_acc))
         return result
+
+
+def zsl_scores(
+    gzsl_predictions: np.ndarray,
+    gzsl_references: np.ndarray,
+    czsl_predictions: np.ndarray,
+    czsl_references: np.ndarray,
+    unseen_class_ids: Sequence[int],
+) -> dict[str, float]:
+    """The four numbers every report carries, in percent: CZSL Acc and GZSL U / S / H."""
+    metric = ZSLAccuracy()
+    gz = metric.compute(predictions=gzsl_predictions, references=gzsl_references, unseen_class_ids=list(unseen_class_ids))
+    cz = metric.compute(predictions=czsl_predictions, references=czsl_references)
+    return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
+            "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}

@@ -1,20 +1,33 @@
 """Every knob of a training run, as one dataclass that `HfArgumentParser` turns into flags.
 
-A preset (`--config hub_configs/cub-official.json`) holds a `"model"` section (SCEGGConfig
-fields) and a `"training"` section (fields of this class); flags given on the command line win
-over the preset, and `--model_overrides key=value ...` changes single model fields (the ablations).
-The built-in synthetic data has its own preset, used when no `--config` is given: the published
-network widths (4096) and schedules would take hours on a CPU for data this small.
+A preset (`--config cub-published`, a shipped name, or `--config my.json`) holds a `"model"`
+section (SCEGGConfig fields), a `"training"` section (fields of this class), a `"description"`
+and, in the shipped presets, `"sources"`: where each value comes from. Flags given on the command
+line win over the preset, and `--model_overrides key=value ...` changes single model fields (the
+ablations). Without `--config`, a standard dataset name picks its default preset
+(`DEFAULT_PRESETS`) and the built-in synthetic data its own small one: the published network
+widths (4096) and schedules would take hours on a CPU for data this small.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+# Where the shipped presets are: beside the installed package (wheels), or at the top of the
+# source checkout (editable installs).
+PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__file__).resolve().parents[2] / "hub_configs")
+# The preset a standard dataset name trains with when no --config is given; each was chosen on
+# validation data (README, "Presets").
+DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-published"}
+PRESET_SECTIONS = {"model", "training", "description", "sources"}
 
 BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {
@@ -43,22 +56,26 @@ class SCEGGTrainingArguments:
     seed: int = field(default=42, metadata={"help": "seed of every random stream of the run"})
     batch_size: int = field(default=64, metadata={"help": "per-process batch of every stage (class-balanced, always full)"})
     stage1_iters: int = field(default=2000, metadata={"help": "SCEN iterations (L_S1)"})
-    stage1_optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper)"})
+    stage1_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
     stage1_lr: float = field(default=1e-4)
     stage2_iters: int = field(default=4000, metadata={"help": "regression-head iterations (L_SCR)"})
+    stage2_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
     stage2_lr: float = field(default=1e-4)
     stage3_epochs: int = field(default=300, metadata={"help": "EGGN epochs (one epoch = ceil(N_train / batch) generator steps per feedback loop)"})
-    stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G, D, Dec and F"})
-    encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr)"})
-    feedback_lr: float | None = field(default=None, metadata={"help": "learning rate of F (default: stage3_lr)"})
+    stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G and D (and of E, Dec, F unless set)"})
+    encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr, as published)"})
+    decoder_lr: float = field(default=1e-4, metadata={"help": "learning rate of the attribute decoder Dec (published dec_lr: 1e-4 on every dataset)"})
+    feedback_lr: float | None = field(default=None, metadata={"help": "learning rate of F (published feed_lr: CUB 1e-5, SUN and AWA2 1e-4; default: stage3_lr)"})
+    stage3_pass_order: Literal["epoch", "batch"] = field(default="epoch", metadata={"help": "epoch: each stage-3 epoch runs all its batches without feedback, then all with (published); batch: alternate the two at every batch"})
     critic_iters: int = field(default=5, metadata={"help": "critic steps per generator step"})
     syn_num: int = field(default=300, metadata={"help": "synthetic features per unseen class (also the classifier batch)"})
     classifier_epochs: int = field(default=25)
     classifier_lr: float = field(default=1e-3)
     eval_batch_size: int = field(default=256)
-    selection: str = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
+    selection: Literal["fixed", "validation"] = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
     stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
-    published_protocol: bool = field(default=False, metadata={"help": "also report the best classifier epoch on TEST (the published, test-selected numbers; labelled so)"})
+    calibration: Literal["none", "validation"] = field(default="none", metadata={"help": "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val classes as pseudo-unseen), never on test; results report calibrated and raw GZSL side by side"})
+    published_protocol: Literal["off", "classifier", "full"] = field(default="off", metadata={"help": "also report the published, TEST-selected numbers (labelled so, never in the model card's model-index): classifier = the best classifier epoch on test after the last stage-3 epoch; full = as the published code, classifiers trained and scored on test after every stage-3 epoch, best classifier epoch of each, then the best stage-3 epoch"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps of a stage"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
@@ -69,12 +86,9 @@ class SCEGGTrainingArguments:
     hub_private: bool = field(default=False)
 
     def __post_init__(self) -> None:
-        if self.selection not in ("fixed", "validation"):
-            raise ValueError(f"--selection must be fixed or validation, got {self.selection!r}")
+        _check_choices(self)
         if self.stage3_eval_every and self.selection != "validation":
             raise ValueError("--stage3_eval_every only applies with --selection validation")
-        if self.stage1_optimizer not in ("rmsprop", "adam"):
-            raise ValueError(f"--stage1_optimizer must be rmsprop or adam, got {self.stage1_optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("batch_size", "syn_num", "critic_iters", "checkpoint_every", "eval_batch_size"):
@@ -85,11 +99,19 @@ class SCEGGTrainingArguments:
 
     def preset(self) -> dict[str, Any]:
         """The `--config` preset, else the built-in one of the dataset (if any)."""
-        return read_preset(self.config) if self.config else BUILTIN_PRESETS.get(self.dataset, {})
+        return dataset_preset(self.config, self.dataset)
 
     def model_config_overrides(self) -> dict[str, Any]:
         """Model fields from the preset's 'model' section and then `--model_overrides`."""
         return {**self.preset().get("model", {}), **parse_key_values(self.model_overrides, "--model_overrides")}
+
+
+def _check_choices(args: SCEGGTrainingArguments) -> None:
+    """Literal-typed fields accept only their choices, also when the dataclass is built in code
+    (the command line parser enforces them already)."""
+    for name, hint in get_type_hints(type(args)).items():
+        if get_origin(hint) is Literal and getattr(args, name) not in get_args(hint):
+            raise ValueError(f"--{name} must be one of {list(get_args(hint))}, got {getattr(args, name)!r}")
 
 
 def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
@@ -106,18 +128,44 @@ def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     return parsed
 
 
-def read_preset(path: str | Path) -> dict[str, Any]:
+def shipped_presets() -> list[str]:
+    """Names of the presets that ship with the package."""
+    return sorted({p.stem for folder in PRESET_FOLDERS if folder.is_dir() for p in folder.glob("*.json")})
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset file: a path as given, or the shipped preset of that name (`cub-published`)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix == ".json":
+        return path
+    for folder in PRESET_FOLDERS:
+        if (folder / f"{name_or_path}.json").is_file():
+            return folder / f"{name_or_path}.json"
+    raise FileNotFoundError(f"no preset file or shipped preset named {name_or_path!r}; shipped: {shipped_presets()}")
+
+
+def dataset_preset(config: str | None, dataset: str) -> dict[str, Any]:
+    """The preset a run uses: `--config`, else the default of a standard dataset name, else the
+    built-in one (synthetic data), else none (the dataclass defaults)."""
+    if config:
+        return read_preset(config)
+    if dataset.upper() in DEFAULT_PRESETS:
+        return read_preset(DEFAULT_PRESETS[dataset.upper()])
+    return BUILTIN_PRESETS.get(dataset, {})
+
+
+def read_preset(name_or_path: str | Path) -> dict[str, Any]:
     """Load a preset JSON, checking its sections so a typo does not silently fall back to defaults."""
-    path = Path(path)
+    path = preset_path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"preset {path} does not exist (see hub_configs/ for the shipped ones)")
+        raise FileNotFoundError(f"preset {path} does not exist (shipped presets: {shipped_presets()})")
     try:
         preset = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"preset {path} is not valid JSON: {error}") from error
-    unknown = set(preset) - {"model", "training", "description"}
+    unknown = set(preset) - PRESET_SECTIONS
     if unknown:
-        raise ValueError(f"preset {path} has unknown sections {sorted(unknown)}; expected 'model' and 'training'")
+        raise ValueError(f"preset {path} has unknown sections {sorted(unknown)}; expected {sorted(PRESET_SECTIONS)}")
     known = {f.name for f in fields(SCEGGTrainingArguments)}
     bad = set(preset.get("training", {})) - known
     if bad:
@@ -132,7 +180,14 @@ def parse_training_args(argv: Sequence[str] | None = None) -> SCEGGTrainingArgum
     pre.add_argument("--dataset", default="synthetic")
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser(SCEGGTrainingArguments)
-    preset = read_preset(known.config) if known.config else BUILTIN_PRESETS.get(known.dataset, {})
-    parser.set_defaults(**preset.get("training", {}))
+    default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
+    preset = dataset_preset(known.config, known.dataset)
+    parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if default:
+        logger.info("--dataset %s without --config: training with its default preset %s (%s)", known.dataset, default,
+                    preset_path(default))
+    elif not known.config and known.dataset not in BUILTIN_PRESETS:
+        logger.warning("--dataset %s has no preset: training with the built-in defaults (pass --config to choose one; "
+                       "shipped: %s)", known.dataset, ", ".join(shipped_presets()))
     return args

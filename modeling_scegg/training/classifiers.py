@@ -7,15 +7,17 @@ looking at test accuracy. Per-epoch scores, when asked for, are only returned to
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
-from ..evaluation import ZSLAccuracy
-from .common import RunContext, optimizer_step, run_steps, sharded_map
+from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
+from .common import GAN_BETAS, RunContext, optimizer_step, run_steps, sharded_map
 
 
 @torch.no_grad()
@@ -35,16 +37,14 @@ def synthesize_unseen(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _evaluate(ctx, accelerator, classifier, inputs: torch.Tensor, restrict: torch.Tensor | None) -> np.ndarray:
-    """Predicted class ids for `inputs`, sharded over processes, each sample counted once."""
+def _classifier_scores(accelerator, classifier, inputs: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Scores (N, K) of `classifier` on `inputs`, sharded over processes, each sample counted once."""
     device = accelerator.device
 
     def compute(indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        scores = classifier(inputs[indices.cpu()].to(device))
-        return {"prediction": scores.argmax(-1)}
+        return {"scores": classifier(inputs[indices.cpu()].to(device)).float()}
 
-    predicted = sharded_map(accelerator, len(inputs), ctx.args.eval_batch_size, compute)["prediction"]
-    return (restrict.cpu()[predicted] if restrict is not None else predicted).numpy()
+    return sharded_map(accelerator, len(inputs), batch_size, compute)["scores"].numpy()
 
 
 @dataclass
@@ -61,14 +61,22 @@ class ClassifierData:
     refs_czsl: np.ndarray
     unseen: torch.Tensor
 
-    def scores(self, seen_predictions: np.ndarray, unseen_predictions: np.ndarray, czsl_predictions: np.ndarray) -> dict[str, float]:
-        """CZSL Acc and GZSL U / S / H in percent from predicted class ids."""
-        metric = ZSLAccuracy()
-        gz = metric.compute(predictions=np.concatenate([seen_predictions, unseen_predictions]),
-                            references=self.refs_gzsl, unseen_class_ids=self.unseen.tolist())
-        cz = metric.compute(predictions=czsl_predictions, references=self.refs_czsl)
-        return {"czsl_acc": 100 * cz["accuracy"], "gzsl_unseen": 100 * gz["unseen"],
-                "gzsl_seen": 100 * gz["seen"], "gzsl_h": 100 * gz["harmonic_mean"]}
+    seen: torch.Tensor
+
+    def scores(self, gzsl_seen: np.ndarray, gzsl_unseen: np.ndarray, czsl: np.ndarray, calibrate: bool = False,
+               seen_score_offset: float = 0.0) -> dict:
+        """CZSL Acc and GZSL U / S / H in percent from the classifiers' scores on the test
+        features, the GZSL ones after `seen_score_offset`. With `calibrate` (held-out data only:
+        the validation view), also the offset that maximises H there, under "calibration"."""
+        gzsl_scores = np.concatenate([gzsl_seen, gzsl_unseen])
+        predicted = calibrated_predictions(gzsl_scores, self.seen.tolist(), seen_score_offset)
+        result = zsl_scores(predicted, self.refs_gzsl, self.unseen.numpy()[czsl.argmax(axis=1)], self.refs_czsl,
+                            self.unseen.tolist())
+        # the symptom of a collapse to the seen classes: unseen test images called seen classes
+        result["gzsl_unseen_as_seen"] = 100 * float(np.isin(predicted[len(gzsl_seen):], self.seen.numpy()).mean())
+        if calibrate:
+            result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(), self.unseen.tolist())
+        return result
 
 
 def prepare_classifier_data(
@@ -88,6 +96,7 @@ def prepare_classifier_data(
         refs_gzsl=torch.cat([test_caches["test_seen"]["labels"], test_caches["test_unseen"]["labels"]]).numpy(),
         refs_czsl=test_caches["test_unseen"]["labels"].numpy(),
         unseen=unseen,
+        seen=ctx.model.seen_class_ids.cpu(),
     )
 
 
@@ -114,51 +123,67 @@ def train_epoch(
     return float(np.mean(losses))
 
 
+def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -> list[Callable[[torch.Tensor], float]]:
+    """Adam (TF-VAEGAN's lr and betas) for each classifier, as a loss -> step callable; through
+    Accelerate when the classifiers were prepared, plainly for local copies."""
+    steps = []
+    for classifier in classifiers:
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=GAN_BETAS)
+        if accelerator is not None:
+            optimizer = accelerator.prepare(optimizer)
+        steps.append(functools.partial(optimizer_step, accelerator, optimizer))
+    return steps
+
+
 def train_and_evaluate_classifiers(
     ctx: RunContext,
     train_cache: dict[str, torch.Tensor],
     test_caches: dict[str, dict[str, torch.Tensor]],
     epochs: tuple[int, int] | None = None,
     score_every_epoch: bool = False,
-) -> tuple[dict, list[dict[str, float]]]:
+    calibrate: bool = False,
+    seen_score_offset: float = 0.0,
+) -> tuple[dict, list[dict]]:
     """Train both classifiers on real seen + synthetic unseen features and score the test splits.
 
     `epochs` = (GZSL, CZSL) epochs, `classifier_epochs` for both by default. With
-    `score_every_epoch` the test splits are also scored after every epoch; those scores are
-    returned for a caller that selects epochs (on validation data) or reports the published,
-    test-selected numbers, and never feed back into training."""
+    `score_every_epoch` the test splits are also scored after every epoch (with `calibrate`, each
+    epoch also gets the seen-score offset that is best there: for held-out data only); those
+    scores are returned for a caller that selects epochs (on validation data) or reports the
+    published, test-selected numbers, and never feed back into training. The final GZSL scores
+    are calibrated by `seen_score_offset`, with the uncalibrated ones beside them."""
     args, model = ctx.args, ctx.model
     gzsl_epochs, czsl_epochs = epochs or (args.classifier_epochs, args.classifier_epochs)
     accelerator = ctx.make_accelerator()
     data = prepare_classifier_data(ctx, train_cache, test_caches)
-    gzsl, czsl = model.gzsl_classifier.train(), model.czsl_classifier.train()
-    optimizers = [torch.optim.Adam(m.parameters(), lr=args.classifier_lr, betas=(0.5, 0.999)) for m in (gzsl, czsl)]
-    gzsl, czsl, opt_gzsl, opt_czsl = accelerator.prepare(gzsl, czsl, *optimizers)
+    gzsl, czsl = accelerator.prepare(model.gzsl_classifier.train(), model.czsl_classifier.train())
+    steps = _classifier_steps(accelerator, (gzsl, czsl), args.classifier_lr)
     state = ctx.stage_state("classifiers", accelerator, per_process=False)
     shard = dict(device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes)
 
-    def scores() -> dict[str, float]:
-        return data.scores(_evaluate(ctx, accelerator, gzsl, data.test_seen_x, None),
-                           _evaluate(ctx, accelerator, gzsl, data.test_unseen_x, None),
-                           _evaluate(ctx, accelerator, czsl, data.test_unseen_x, data.unseen))
+    def scores(**options) -> dict:
+        raw = [_classifier_scores(accelerator, c, x, args.eval_batch_size)
+               for c, x in ((gzsl, data.test_seen_x), (gzsl, data.test_unseen_x), (czsl, data.test_unseen_x))]
+        return data.scores(*raw, **options)
 
     def step(state) -> dict[str, float]:
         logs = {}
         if state.step < gzsl_epochs:
-            logs["gzsl_loss"] = train_epoch(gzsl, data.gzsl_x, data.gzsl_y, state.numpy_rng, args.syn_num,
-                                            lambda loss: optimizer_step(accelerator, opt_gzsl, loss), **shard)
+            logs["gzsl_loss"] = train_epoch(gzsl, data.gzsl_x, data.gzsl_y, state.numpy_rng, args.syn_num, steps[0], **shard)
         if state.step < czsl_epochs:
-            logs["czsl_loss"] = train_epoch(czsl, data.czsl_x, data.czsl_y, state.numpy_rng, args.syn_num,
-                                            lambda loss: optimizer_step(accelerator, opt_czsl, loss), **shard)
+            logs["czsl_loss"] = train_epoch(czsl, data.czsl_x, data.czsl_y, state.numpy_rng, args.syn_num, steps[1], **shard)
         if score_every_epoch:
-            state.extra.setdefault("scores_by_epoch", []).append(scores())
+            state.extra.setdefault("scores_by_epoch", []).append(scores(calibrate=calibrate))
         return logs
 
     run_steps(ctx, accelerator, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
     model.gzsl_classifier.eval()
     model.czsl_classifier.eval()
-    results = {**scores(), "num_test_seen": int(len(data.test_seen_x)), "num_test_unseen": int(len(data.test_unseen_x)),
-               "num_synthetic_per_class": args.syn_num, "classifier_epochs": {"gzsl": gzsl_epochs, "czsl": czsl_epochs}}
+    results = scores(seen_score_offset=seen_score_offset)
+    if seen_score_offset:
+        results["uncalibrated"] = {k: v for k, v in scores().items() if k.startswith("gzsl_")}
+    results.update(num_test_seen=int(len(data.test_seen_x)), num_test_unseen=int(len(data.test_unseen_x)),
+                   num_synthetic_per_class=args.syn_num, classifier_epochs={"gzsl": gzsl_epochs, "czsl": czsl_epochs})
     accelerator.free_memory()
     return results, state.extra.get("scores_by_epoch", [])
 
@@ -168,38 +193,30 @@ def score_classifier_schedule(
     train_cache: dict[str, torch.Tensor],
     test_caches: dict[str, dict[str, torch.Tensor]],
     seed: Sequence[int],
-) -> list[dict[str, float]]:
+    calibrate: bool = False,
+) -> list[dict]:
     """Scores after every epoch of copies of both (still untrained) classifiers, trained on this
-    process alone. Stage 3 calls it on validation data to choose its own epoch count; every
-    process computes the same numbers, so no communication is needed and training is untouched."""
+    process alone. Stage 3 calls it to score its epochs (validation data to choose its own epoch
+    count; test data only for the labelled published protocol); every process computes the same
+    numbers, so no communication is needed and training is untouched."""
     args, model = ctx.args, ctx.model
     device = model.class_attributes.device
     data = prepare_classifier_data(ctx, train_cache, test_caches)
     gzsl, czsl = copy.deepcopy(model.gzsl_classifier).train(), copy.deepcopy(model.czsl_classifier).train()
-    steps = [_local_step(torch.optim.Adam(m.parameters(), lr=args.classifier_lr, betas=(0.5, 0.999))) for m in (gzsl, czsl)]
+    steps = _classifier_steps(None, (gzsl, czsl), args.classifier_lr)
     rng = np.random.default_rng(seed)
     by_epoch = []
     for _ in range(args.classifier_epochs):
         train_epoch(gzsl, data.gzsl_x, data.gzsl_y, rng, args.syn_num, steps[0], device)
         train_epoch(czsl, data.czsl_x, data.czsl_y, rng, args.syn_num, steps[1], device)
         with torch.no_grad():
-            by_epoch.append(data.scores(_predict(gzsl, data.test_seen_x, device), _predict(gzsl, data.test_unseen_x, device),
-                                        data.unseen[_predict(czsl, data.test_unseen_x, device)].numpy()))
+            by_epoch.append(data.scores(_local_scores(gzsl, data.test_seen_x, device), _local_scores(gzsl, data.test_unseen_x, device),
+                                        _local_scores(czsl, data.test_unseen_x, device), calibrate=calibrate))
     return by_epoch
 
 
-def _local_step(optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], float]:
-    def step(loss: torch.Tensor) -> float:
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return loss.item()
-
-    return step
-
-
-def _predict(classifier: torch.nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 4096) -> np.ndarray:
-    return torch.cat([classifier(x[i:i + chunk].to(device)).argmax(-1).cpu() for i in range(0, len(x), chunk)]).numpy()
+def _local_scores(classifier: torch.nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 4096) -> np.ndarray:
+    return torch.cat([classifier(x[i:i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]).numpy()
 
 
 def _check_unseen_order(unseen: torch.Tensor) -> None:
@@ -209,11 +226,20 @@ def _check_unseen_order(unseen: torch.Tensor) -> None:
         raise ValueError(f"config.unseen_class_ids must be sorted, got {unseen.tolist()[:10]}")
 
 
-def best_epochs(by_epoch: list[dict[str, float]]) -> dict:
+def best_epochs(by_epoch: list[dict], calibrated: bool = False) -> dict:
     """The epoch with the highest CZSL accuracy and the one with the highest GZSL H (1-based),
-    with their scores. The pipeline applies it to validation scores (`--selection validation`)
-    and, only with `--published_protocol`, to test scores reported under a test-selected label."""
-    gzsl_index = max(range(len(by_epoch)), key=lambda i: by_epoch[i]["gzsl_h"])
+    with their scores; with `calibrated`, H after each epoch's own best seen-score offset, which
+    is returned as `seen_score_offset`. The pipeline applies it to validation scores
+    (`--selection validation`, `--calibration validation`) and, only with
+    `--published_protocol`, to test scores reported under a test-selected label."""
+    def gzsl(entry: dict) -> dict:
+        if not calibrated:
+            return {k: entry[k] for k in ("gzsl_unseen", "gzsl_seen", "gzsl_h")}
+        cal = entry["calibration"]
+        return {"gzsl_unseen": 100 * cal["unseen"], "gzsl_seen": 100 * cal["seen"], "gzsl_h": 100 * cal["harmonic_mean"],
+                "seen_score_offset": cal["gamma"]}
+
+    gzsl_index = max(range(len(by_epoch)), key=lambda i: gzsl(by_epoch[i])["gzsl_h"])
     czsl_index = max(range(len(by_epoch)), key=lambda i: by_epoch[i]["czsl_acc"])
     return {"czsl_acc": by_epoch[czsl_index]["czsl_acc"], "czsl_epoch": czsl_index + 1,
-            **{k: by_epoch[gzsl_index][k] for k in ("gzsl_unseen", "gzsl_seen", "gzsl_h")}, "gzsl_epoch": gzsl_index + 1}
+            **gzsl(by_epoch[gzsl_index]), "gzsl_epoch": gzsl_index + 1}

@@ -24,6 +24,8 @@ from .checkpointing import CheckpointManager, StageState
 logger = get_logger(__name__)
 
 _STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "stage3": 3, "classifiers": 4}
+# Adam betas of TF-VAEGAN's generator, critic, decoder, feedback and final classifiers.
+GAN_BETAS = (0.5, 0.999)
 
 
 @dataclass
@@ -55,7 +57,7 @@ def run_steps(
     stage: str,
     num_steps: int,
     state: StageState,
-    step_fn: Callable[[StageState], dict[str, float]],
+    step_fn: Callable[[StageState], dict[str, float | torch.Tensor]],
 ) -> dict[str, list[tuple[int, float]]]:
     """Run `step_fn` until `num_steps`, checkpointing every `checkpoint_every` steps and
     continuing from the newest checkpoint with `--resume`. Returns the stage's loss history."""
@@ -70,6 +72,7 @@ def run_steps(
         state.step += 1
         bar.update(1)
         if state.step % log_every == 0 or state.step == num_steps:
+            values = {key: float(value) for key, value in values.items()}  # the only host sync of a step's logs
             for key, value in values.items():
                 history.setdefault(f"{stage}/{key}", []).append((state.step, float(value)))
             ctx.log(stage, values, state.step)
@@ -81,9 +84,21 @@ def run_steps(
     return history
 
 
-def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    """Backward (through Accelerate, for loss scaling and DDP), step, clear; returns the loss."""
-    accelerator.backward(loss)
+def scen_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of stages 1 and 2: the published RMSprop (momentum 0.9, weight decay 1e-4) or
+    the paper's Adam (Sec. 4)."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.RMSprop(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def optimizer_step(accelerator: Accelerator | None, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """Backward (through Accelerate, for loss scaling and DDP, unless the networks are local
+    copies that no Accelerator prepared), step, clear; returns the loss."""
+    if accelerator is None:
+        loss.backward()
+    else:
+        accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad()
     return loss.item()

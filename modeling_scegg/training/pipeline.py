@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,7 +38,14 @@ from .stage3 import train_stage3
 logger = get_logger(__name__)
 
 PROTOCOL = "fixed schedule: the last epoch of every stage is reported; nothing is selected on test data"
-PUBLISHED_LABEL = "published protocol: best classifier epoch selected on the TEST set (optimistic, as in the paper's code)"
+PUBLISHED_LABELS = {
+    "classifier": "published protocol, classifier level: best classifier epoch selected on the TEST set after the last "
+                  "stage-3 epoch (optimistic)",
+    "full": "published protocol: classifiers trained and scored on the TEST set after every stage-3 epoch, best classifier "
+            "epoch of each, then the best stage-3 epoch, for CZSL and GZSL separately (as the paper's code reports; optimistic)",
+}
+CALIBRATION_LABEL = ("calibrated stacking (Chao et al., ECCV 2016): a constant subtracted from the seen classes' GZSL "
+                     "scores, chosen on the validation view (val classes as pseudo-unseen), never on test")
 _CACHE_FILE, _PROGRESS_FILE = "cache.safetensors", "progress.json"
 
 
@@ -156,48 +164,76 @@ class _Timer:
 def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     """Train every stage and evaluate; returns the results written to `results.json`.
 
-    With `--selection validation` the classifier epochs are first chosen on the validation view
-    of the data (its own full run under `output_dir/validation`), then the real run uses them."""
+    With `--selection validation` (the classifier epochs, and with `--stage3_eval_every` the
+    stage-3 epochs) and `--calibration validation` (the seen-score offset), choices are first made
+    on the validation view of the data, in a full run of its own under `output_dir/validation`;
+    then the real run uses them."""
     silence_noisy_loggers()
     # An Accelerator (not a bare PartialState, which ignores ACCELERATE_USE_CPU) sets up the
     # process group that every later barrier relies on.
     with Accelerator(mixed_precision=args.mixed_precision).main_process_first():
         data = load_data(args)
     selection = None
-    if args.selection == "validation":
+    if args.selection == "validation" or args.calibration == "validation":
         selection = _select_on_validation(args, data)
         args = dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"])
-    return _train_and_evaluate(args, data, selection=selection, score_every_epoch=args.published_protocol)[0]
+    return _train_and_evaluate(args, data, selection=selection)[0]
 
 
 def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
-    """Run everything on the validation view and read off the epochs to use: the classifier
-    epochs, and with `--stage3_eval_every` also the stage-3 epoch count (best GZSL H)."""
+    """Run everything on the validation view and read off what the real run uses: with
+    `--selection validation` the classifier epochs and, with `--stage3_eval_every`, the stage-3
+    epoch count (best GZSL H); with `--calibration validation` the seen-score offset that is best
+    for the chosen GZSL epoch (H is then the calibrated H)."""
     view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
-                                    published_protocol=False, push_to_hub=False, plots=False)
+                                    published_protocol="off", push_to_hub=False, plots=False)
     view = validation_view(data, args.seed)
-    _, progress = _train_and_evaluate(view_args, view, score_every_epoch=True,
-                                      score_stage3_every=args.stage3_eval_every)
+    _, progress = _train_and_evaluate(view_args, view, view=True)
+    calibrated, selects = args.calibration == "validation", args.selection == "validation"
     stage3_scores = progress.get("stage3_scores") or {}
     if stage3_scores:
-        stage3_epochs = int(max(stage3_scores, key=lambda e: best_epochs(stage3_scores[e])["gzsl_h"]))
-        best = best_epochs(stage3_scores[str(stage3_epochs)])
+        stage3_epochs = int(max(stage3_scores, key=lambda e: best_epochs(stage3_scores[e], calibrated)["gzsl_h"]))
+        by_epoch = stage3_scores[str(stage3_epochs)]
     else:
-        stage3_epochs, best = args.stage3_epochs, best_epochs(progress["scores_by_epoch"])
-    return {"stage3_epochs": stage3_epochs, "gzsl_epochs": best["gzsl_epoch"], "czsl_epochs": best["czsl_epoch"],
-            "validation_scores": best, "validation_unseen_classes": [int(c) for c in view.semantics.unseen_class_ids],
-            "stage3_epochs_scored": sorted(int(e) for e in stage3_scores)}
+        stage3_epochs, by_epoch = args.stage3_epochs, progress["scores_by_epoch"]
+    best = best_epochs(by_epoch if selects else by_epoch[-1:], calibrated)
+    selection = {"stage3_epochs": stage3_epochs, "validation_scores": best,
+                 "validation_unseen_classes": [int(c) for c in view.semantics.unseen_class_ids],
+                 "stage3_epochs_scored": sorted(int(e) for e in stage3_scores)}
+    if selects:
+        selection.update(gzsl_epochs=best["gzsl_epoch"], czsl_epochs=best["czsl_epoch"])
+    if calibrated:
+        entry = by_epoch[best["gzsl_epoch"] - 1] if selects else by_epoch[-1]
+        selection["calibration"] = {"seen_score_offset": best["seen_score_offset"],
+                                    "validation_gzsl_h": {"calibrated": best["gzsl_h"],
+                                                          "uncalibrated": entry["gzsl_h"]}}
+    return selection
 
 
-def _train_and_evaluate(
-    args: SCEGGTrainingArguments,
-    data: ZSLDataset,
-    selection: dict[str, Any] | None = None,
-    score_every_epoch: bool = False,
-    score_stage3_every: int = 0,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One resumable run of all stages on `data`; returns the results and the run's progress
-    record (timings, per-epoch scores)."""
+@dataclass
+class _Run:
+    """One resumable run of all stages on one dataset: its context, the feature cache, and the
+    progress record (timings, per-epoch scores, results) that every snapshot saves."""
+
+    ctx: RunContext
+    data: ZSLDataset
+    caches: dict[str, dict[str, torch.Tensor]]
+    progress: dict[str, Any]
+    done: int
+
+    def stage(self, name: str) -> _Timer:
+        return _Timer(self.progress["timings"], name)
+
+    def finish(self, stage: str) -> None:
+        self.ctx.checkpoints.finish_stage(self.ctx.tracker, stage, _save_snapshot(self.ctx, self.caches, self.progress))
+
+    @property
+    def test_caches(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {s: self.caches[s] for s in ("test_seen", "test_unseen")}
+
+
+def _start_run(args: SCEGGTrainingArguments, data: ZSLDataset) -> _Run:
+    """A fresh model with the data's class semantics, or the newest snapshot with `--resume`."""
     tracker = _tracker(args)
     checkpoints = CheckpointManager(args.output_dir)
     _check_output_dir(args, checkpoints)
@@ -210,55 +246,86 @@ def _train_and_evaluate(
     else:
         torch.manual_seed(args.seed)
         model = SCEGGModel(config).to(tracker.device)
+        word_vectors = data.semantics.word_vectors
         model.set_class_semantics(torch.from_numpy(data.semantics.attributes),
-                                  None if data.semantics.word_vectors is None else torch.from_numpy(data.semantics.word_vectors))
+                                  None if word_vectors is None else torch.from_numpy(word_vectors))
         caches, progress = {}, {"timings": {}}
     tracker.init_trackers("scegg", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
     ctx = RunContext(args=args, model=model, tracker=tracker, checkpoints=checkpoints,
                      history={k: [tuple(p) for p in v] for k, v in progress.get("history", {}).items()})
-    timings = progress["timings"]
-    done = STAGES.index(finished) + 1 if finished else 0
+    return _Run(ctx=ctx, data=data, caches=caches, progress=progress, done=STAGES.index(finished) + 1 if finished else 0)
 
-    if done < 1:
-        with _Timer(timings, "stage1"):
-            if config.dense_feature_source == "scen":
-                train_stage1(ctx, RegionFeatureReader(data.splits["train"]))
-            caches = {split: compute_dense_features(ctx, RegionFeatureReader(data.splits[split]), split == "train")
+
+def _run_stage1(run: _Run) -> None:
+    """Train the SCEN (Eq. 16), then cache the dense features g (and p_l) of every image, scaled."""
+    ctx, splits = run.ctx, run.data.splits
+    with run.stage("stage1"):
+        if ctx.model.config.dense_feature_source == "scen":
+            train_stage1(ctx, RegionFeatureReader(splits["train"]))
+        run.caches = {split: compute_dense_features(ctx, RegionFeatureReader(splits[split]), split == "train")
                       for split in ("train", "test_seen", "test_unseen")}
-            _scale(model, caches)
-        checkpoints.finish_stage(tracker, "stage1", _save_snapshot(ctx, caches, progress))
-    if done < 2:
-        with _Timer(timings, "stage2"):
-            if _needs_stage2(config):
-                train_stage2(ctx, caches["train"])
-                progress["stage2_fidelity"] = regression_fidelity(ctx, caches["train"])
-                logger.info(f"stage 2 head vs local scores on trainval: {progress['stage2_fidelity']}",
-                            main_process_only=True)
-        checkpoints.finish_stage(tracker, "stage2", _save_snapshot(ctx, caches, progress))
-    if done < 3:
-        test_caches = {s: caches[s] for s in ("test_seen", "test_unseen")}
-        scorer = None
-        if score_stage3_every:
-            def scorer(epoch: int) -> list[dict[str, float]]:
-                # a seed sequence of its own, so these shuffles never share a stream with a stage's
-                return score_classifier_schedule(ctx, caches["train"], test_caches, seed=(args.seed, 3, epoch))
-        with _Timer(timings, "stage3"):
-            progress["stage3_scores"] = train_stage3(ctx, caches["train"], scorer, score_stage3_every)
-        checkpoints.finish_stage(tracker, "stage3", _save_snapshot(ctx, caches, progress))
-    if done < 4:
-        epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if selection else None
-        with _Timer(timings, "classifiers"):
-            progress["results"], progress["scores_by_epoch"] = train_and_evaluate_classifiers(
-                ctx, caches["train"], {s: caches[s] for s in ("test_seen", "test_unseen")},
-                epochs=epochs, score_every_epoch=score_every_epoch)
-        checkpoints.finish_stage(tracker, "classifiers", _save_snapshot(ctx, caches, progress))
+        _scale(ctx.model, run.caches)
+    run.finish("stage1")
 
-    results = _results(args, data, progress, selection)
-    if tracker.is_main_process:
-        _write_outputs(ctx, data, caches, results)
-    tracker.wait_for_everyone()
-    tracker.end_training()
-    return results, progress
+
+def _run_stage2(run: _Run) -> None:
+    """Train the regression head CLS_g on the cache (Eq. 17), when L_EGS will use it."""
+    with run.stage("stage2"):
+        if _needs_stage2(run.ctx.model.config):
+            train_stage2(run.ctx, run.caches["train"])
+            run.progress["stage2_fidelity"] = regression_fidelity(run.ctx, run.caches["train"])
+            logger.info(f"stage 2 head vs local scores on trainval: {run.progress['stage2_fidelity']}",
+                        main_process_only=True)
+    run.finish("stage2")
+
+
+def _run_stage3(run: _Run, score_every: int, calibrate: bool) -> None:
+    """Train the EGGN (Eq. 18); every `score_every` epochs, score fresh classifiers on the run's
+    test splits (the validation view's held-out images, or test for the labelled published
+    protocol)."""
+    ctx, seed = run.ctx, run.ctx.args.seed
+    scorer = None
+    if score_every:
+        def scorer(epoch: int) -> list[dict]:
+            # a seed sequence of its own, so these shuffles never share a stream with a stage's
+            return score_classifier_schedule(ctx, run.caches["train"], run.test_caches, seed=(seed, 3, epoch),
+                                             calibrate=calibrate)
+    with run.stage("stage3"):
+        run.progress["stage3_scores"] = train_stage3(ctx, run.caches["train"], scorer, score_every)
+    run.finish("stage3")
+
+
+def _run_classifiers(run: _Run, selection: dict | None, score_every_epoch: bool, calibrate: bool) -> None:
+    """Synthesise unseen features, train the final classifiers, score the test splits; the
+    seen-score offset chosen on validation (if any) becomes part of the model."""
+    epochs = (selection["gzsl_epochs"], selection["czsl_epochs"]) if selection and "gzsl_epochs" in selection else None
+    offset = selection["calibration"]["seen_score_offset"] if selection and "calibration" in selection else 0.0
+    with run.stage("classifiers"):
+        run.progress["results"], run.progress["scores_by_epoch"] = train_and_evaluate_classifiers(
+            run.ctx, run.caches["train"], run.test_caches, epochs=epochs, score_every_epoch=score_every_epoch,
+            calibrate=calibrate, seen_score_offset=offset)
+        run.ctx.model.config.seen_score_offset = offset
+    run.finish("classifiers")
+
+
+def _train_and_evaluate(
+    args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict[str, Any] | None = None, view: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One resumable run of all stages on `data` (the validation view with `view`); returns the
+    results and the run's progress record (timings, per-epoch scores)."""
+    run = _start_run(args, data)
+    calibrate = view and args.calibration == "validation"
+    stage3_every = args.stage3_eval_every if view else int(args.published_protocol == "full")
+    stages = (lambda: _run_stage1(run), lambda: _run_stage2(run), lambda: _run_stage3(run, stage3_every, calibrate),
+              lambda: _run_classifiers(run, selection, view or args.published_protocol == "classifier", calibrate))
+    for train in stages[run.done:]:
+        train()
+    results = _results(args, data, run.progress, selection)
+    if run.ctx.tracker.is_main_process:
+        _write_outputs(run.ctx, data, run.caches, results)
+    run.ctx.tracker.wait_for_everyone()
+    run.ctx.tracker.end_training()
+    return results, run.progress
 
 
 def _needs_stage2(config: SCEGGConfig) -> bool:
@@ -266,11 +333,26 @@ def _needs_stage2(config: SCEGGConfig) -> bool:
     return bool(config.lambda_s or config.lambda_u) and config.dense_feature_source == "scen"
 
 
+def published_protocol_results(args: SCEGGTrainingArguments, progress: dict) -> dict[str, Any]:
+    """The published, test-selected numbers: the best classifier epoch on test after the last
+    stage-3 epoch (`classifier`), or, as the published code reports them, that best after every
+    stage-3 epoch and then the best stage-3 epoch, separately for CZSL and GZSL (`full`)."""
+    if args.published_protocol == "classifier":
+        return {"label": PUBLISHED_LABELS["classifier"], **best_epochs(progress["scores_by_epoch"])}
+    per_epoch = {int(e): best_epochs(scores) for e, scores in progress["stage3_scores"].items()}
+    czsl_epoch = max(per_epoch, key=lambda e: per_epoch[e]["czsl_acc"])
+    gzsl_epoch = max(per_epoch, key=lambda e: per_epoch[e]["gzsl_h"])
+    return {"label": PUBLISHED_LABELS["full"], "czsl_acc": per_epoch[czsl_epoch]["czsl_acc"],
+            **{k: per_epoch[gzsl_epoch][k] for k in ("gzsl_unseen", "gzsl_seen", "gzsl_h")},
+            "czsl_stage3_epoch": czsl_epoch, "gzsl_stage3_epoch": gzsl_epoch,
+            "per_stage3_epoch": {str(e): v for e, v in sorted(per_epoch.items())}}
+
+
 def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, selection: dict | None) -> dict[str, Any]:
     results = {
         "dataset": data.name,
         **progress["results"],
-        "protocol": protocol_description(selection) if selection else PROTOCOL,
+        "protocol": protocol_description(selection, args) if selection else PROTOCOL,
         "stage_seconds": progress["timings"],
         "stage2_fidelity": progress.get("stage2_fidelity"),
         "chance_czsl": 100.0 / len(data.semantics.unseen_class_ids),
@@ -279,8 +361,10 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
     }
     if selection:
         results["selection"] = selection
-    if args.published_protocol:
-        results["published_protocol"] = {"label": PUBLISHED_LABEL, **best_epochs(progress["scores_by_epoch"])}
+    if selection and "calibration" in selection:
+        results["calibration"] = {**selection["calibration"], "method": CALIBRATION_LABEL}
+    if args.published_protocol != "off":
+        results["published_protocol"] = published_protocol_results(args, progress)
     return results
 
 

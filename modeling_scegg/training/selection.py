@@ -17,12 +17,19 @@ from ..data import ZSLDataset
 HELD_OUT_FRACTION = 0.2
 
 
-def protocol_description(selection: dict) -> str:
+def protocol_description(selection: dict, args) -> str:
     """What results.json and the card say about how the reported model was chosen."""
-    chosen = "classifier epochs and the stage-3 epoch count" if selection.get("stage3_epochs_scored") else "classifier epochs"
-    rest = "" if selection.get("stage3_epochs_scored") else "; stages 1-3 run their fixed schedules"
-    return (f"validation split: {chosen} selected on val classes as pseudo-unseen and {HELD_OUT_FRACTION:.0%} of "
-            f"train_sub images per class held out as seen{rest}; nothing is selected on test data")
+    view = (f"the validation view (val classes as pseudo-unseen, {HELD_OUT_FRACTION:.0%} of train_sub images per class "
+            "held out as seen)")
+    chosen = []
+    if args.selection == "validation":
+        chosen.append("classifier epochs and the stage-3 epoch count" if selection.get("stage3_epochs_scored") else "classifier epochs")
+    if args.calibration == "validation":
+        chosen.append("the calibrated-stacking seen-score offset")
+    fixed = "" if selection.get("stage3_epochs_scored") else "; stages 1-3 run their fixed schedules"
+    if args.selection != "validation":
+        fixed = "; every stage runs its fixed schedule and the last epoch is reported"
+    return f"validation split: {' and '.join(chosen)} selected on {view}{fixed}; nothing is selected on test data"
 
 
 def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:

@@ -17,7 +17,7 @@ from ..data.sampling import ClassBalancedSampler
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel, stage1_loss_eq16
 from .checkpointing import StageState
-from .common import RunContext, optimizer_step, run_steps, sharded_map
+from .common import RunContext, optimizer_step, run_steps, scen_optimizer, sharded_map
 
 
 class Stage1Network(nn.Module):
@@ -46,13 +46,6 @@ class Stage1Network(nn.Module):
         return local_scores, self.global_classifier(self.compression.compress_attended(attention, regions))
 
 
-def _optimizer(ctx: RunContext, params) -> torch.optim.Optimizer:
-    args = ctx.args
-    if args.stage1_optimizer == "adam":
-        return torch.optim.Adam(params, lr=args.stage1_lr)
-    return torch.optim.RMSprop(params, lr=args.stage1_lr, momentum=0.9, weight_decay=1e-4)
-
-
 @dataclass
 class Stage1Run:
     """Everything one stage-1 step needs; the network and optimizer are the prepared ones."""
@@ -73,7 +66,8 @@ def prepare_stage1(ctx: RunContext, reader: RegionFeatureReader) -> Stage1Run:
     accelerator = ctx.make_accelerator()
     model, config = ctx.model, ctx.model.config
     network = Stage1Network(model)
-    optimizer = _optimizer(ctx, [p for p in network.parameters() if p.requires_grad])
+    optimizer = scen_optimizer(ctx.args.stage1_optimizer, [p for p in network.parameters() if p.requires_grad],
+                               ctx.args.stage1_lr)
     network, optimizer = accelerator.prepare(network, optimizer)
     class_ids = model.seen_class_ids.to(accelerator.device) if config.stage1_classes == "seen" else None
     return Stage1Run(accelerator=accelerator, network=network, optimizer=optimizer, reader=reader,

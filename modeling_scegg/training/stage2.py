@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
 from .checkpointing import StageState
-from .common import RunContext, optimizer_step, run_steps
+from .common import RunContext, optimizer_step, run_steps, scen_optimizer
 
 
 @dataclass
@@ -36,7 +36,7 @@ def prepare_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> Sta
     accelerator = ctx.make_accelerator()
     model, config = ctx.model, ctx.model.config
     head = model.scen.regression_head.train()
-    optimizer = torch.optim.RMSprop(head.parameters(), lr=ctx.args.stage2_lr, momentum=0.9, weight_decay=1e-4)
+    optimizer = scen_optimizer(ctx.args.stage2_optimizer, head.parameters(), ctx.args.stage2_lr)
     head, optimizer = accelerator.prepare(head, optimizer)
     device = accelerator.device
     return Stage2Run(accelerator=accelerator, head=head, optimizer=optimizer, features=train_cache["features"].to(device),
