@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
-from .common import GAN_BETAS, RunContext, optimizer_step, run_steps, sharded_map
+from .common import GAN_BETAS, RunContext, adam, optimizer_step, run_steps, sharded_map
 
 
 @torch.no_grad()
@@ -106,12 +106,13 @@ def train_epoch(
     y: torch.Tensor,
     rng: np.random.Generator,
     batch_size: int,
-    step: Callable[[torch.Tensor], float],
+    step: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     rank: int = 0,
     world: int = 1,
-) -> float:
-    """One shuffled pass; with several processes each takes its share of every batch."""
+) -> torch.Tensor:
+    """One shuffled pass; with several processes each takes its share of every batch. Returns
+    the mean loss, on the device."""
     order = torch.from_numpy(rng.permutation(len(x)))
     losses = []
     for start in range(0, len(x), batch_size):
@@ -120,15 +121,15 @@ def train_epoch(
             continue
         batch = batch[rank::world]
         losses.append(step(F.cross_entropy(classifier(x[batch].to(device)), y[batch].to(device))))
-    return float(np.mean(losses))
+    return torch.stack(losses).mean()
 
 
-def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -> list[Callable[[torch.Tensor], float]]:
+def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """Adam (TF-VAEGAN's lr and betas) for each classifier, as a loss -> step callable; through
     Accelerate when the classifiers were prepared, plainly for local copies."""
     steps = []
     for classifier in classifiers:
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=GAN_BETAS)
+        optimizer = adam(classifier.parameters(), lr, GAN_BETAS)
         if accelerator is not None:
             optimizer = accelerator.prepare(optimizer)
         steps.append(functools.partial(optimizer_step, accelerator, optimizer))
