@@ -46,7 +46,7 @@ class SCEGGTrainingArguments:
 
     dataset: str = field(default="synthetic", metadata={"help": "synthetic, CUB, SUN, AWA2, a dataset folder/Hub id or an image folder"})
     data_dir: str | None = field(default=None, metadata={"help": "root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default ~/.cache/scegg)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default: scegg/ in the Hugging Face datasets cache, HF_DATASETS_CACHE or $HF_HOME/datasets)"})
     class_attributes_file: str | None = field(default=None, metadata={"help": "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)"})
     image_backbone: str | None = field(default=None, metadata={"help": "for an image folder: torchvision ResNet-101 weights file, or a transformers ResNet folder / Hub id"})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
