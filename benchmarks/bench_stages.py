@@ -358,7 +358,7 @@ def unit_cache(ctx, data, reference):
 
     @torch.no_grad()
     def published():
-        return torch.cat([net.pooled_features(x) for x in reference.features["train"].split(batch)])
+        return torch.cat([net.pooled_features(x.to(reference.device)) for x in reference.features["train"].split(batch)])
 
     return {"ours": lambda: compute_dense_features(ctx, reader, True), "reference": published}
 
@@ -415,7 +415,7 @@ def unit_classifier(ctx, data, reference):
             train_epoch(net, x, y, rng, args.syn_num, step, accelerator.device)
 
     stage3 = ref.Stage3(_reference_stage2(ctx, reference))
-    dense = {"train": torch.rand(len(reference.labels["train"]), reference.feature_dim)}
+    dense = {"train": torch.rand(len(reference.labels["train"]), reference.feature_dim, device=reference.device)}
     gzsl, czsl = ref.classifiers(stage3, dense)
 
     def published():
@@ -433,8 +433,8 @@ def unit_inference(ctx, data, reference):
     indices = np.arange(min(batch, len(reader)))
     device = model.class_attributes.device
     stage3 = ref.Stage3(_reference_stage2(ctx, reference))
-    gzsl, czsl = ref.classifiers(stage3, {"train": torch.rand(8, reference.feature_dim)})
-    regions = reference.features["test_unseen"][: len(indices)]
+    gzsl, czsl = ref.classifiers(stage3, {"train": torch.rand(8, reference.feature_dim, device=reference.device)})
+    regions = reference.features["test_unseen"][: len(indices)].to(reference.device)
 
     @torch.no_grad()
     def ours():
@@ -501,7 +501,7 @@ def run_units(args) -> None:
     out = Path(tempfile.mkdtemp(prefix="bench-stages-run-"))
     try:
         ctx, data = build_context(args, layout, out)
-        reference = ref.load_reference_data(data)
+        reference = ref.load_reference_data(data, device)
         _print_header(args, layout, ctx, peaks)
         for stage in args.stages:
             flops = unit_flops(stage, ctx, data)
@@ -568,7 +568,7 @@ def child_end_to_end(args) -> dict:
     data = load_data(train_args)
     config = build_config(data, train_args.model_config_overrides())
     start = time.perf_counter()
-    reference = ref.load_reference_data(data)
+    reference = ref.load_reference_data(data, args.device)
     load_seconds = time.perf_counter() - start
     result = ref.run_end_to_end(reference, ref.ReferenceSettings.from_run(train_args, config), args.seed, progress=tqdm)
     result["stage_seconds"]["load_into_ram"] = round(load_seconds, 2)
@@ -599,7 +599,7 @@ def run_end_to_end(args) -> None:
 def _forwarded(args) -> list[str]:
     """The flags of this run, for the child processes."""
     flags = ["--config", str(args.config), "--cache_dir", str(args.cache_dir), "--batch_size", str(args.batch_size),
-             "--seed", str(args.seed), "--layout", args.layout or "cub7"]
+             "--seed", str(args.seed), "--layout", args.layout or "cub7", "--device", args.device]
     for key in ("regions", "feature_dim", "attributes", "classes", "unseen", "images", "stage3_epochs", "threads"):
         if getattr(args, key) is not None:
             flags += [f"--{key}", str(getattr(args, key))]
@@ -610,7 +610,8 @@ def _print_end_to_end(args, layout: Layout, results: dict) -> None:
     print(f"\nend to end: layout R={layout.regions} D={layout.feature_dim} A={layout.attributes} C={layout.classes}, "
           f"{layout.images} images, preset {args.config}, stage3_epochs {args.stage3_epochs}, "
           f"{torch.get_num_threads()} torch threads")
-    stages = sorted({s for r in results.values() for s in r["stage_seconds"]})
+    order = ("load_into_ram", "stage1", "stage2", "stage3", "classifiers")
+    stages = [s for s in order if any(s in r["stage_seconds"] for r in results.values())]
     print(f"{'':10s}" + "".join(f"{s:>14s}" for s in stages) + f"{'total s':>10s}{'peak RSS':>10s}  CZSL / U / S / H")
     for impl, r in results.items():
         cells = "".join(f"{r['stage_seconds'].get(s, float('nan')):14.1f}" for s in stages)
@@ -635,7 +636,8 @@ def parse_args(argv=None):
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where both implementations run (ours follows Accelerate, which picks the GPU when there is one)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cache_dir", type=Path, help="where the generated data is kept (default: a temp dir, deleted)")

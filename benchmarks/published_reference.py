@@ -43,7 +43,8 @@ from modeling_scegg.evaluation.metric import harmonic_mean, mean_per_class_accur
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class ReferenceData:
-    """Splits as float32 (N, D, R) tensors in RAM, plus the class semantics."""
+    """Splits as float32 (N, D, R) tensors in RAM (batches go to `device` as they are drawn, as
+    the published loader does), plus the class semantics (on `device`)."""
 
     features: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
@@ -51,13 +52,14 @@ class ReferenceData:
     word_vectors: torch.Tensor
     seen: torch.Tensor
     unseen: torch.Tensor
+    device: torch.device = torch.device("cpu")
 
     @property
     def feature_dim(self) -> int:
         return int(self.features["train"].shape[1])
 
 
-def load_reference_data(data: ZSLDataset, chunk: int = 512) -> ReferenceData:
+def load_reference_data(data: ZSLDataset, device: str | torch.device = "cpu", chunk: int = 512) -> ReferenceData:
     """Read every split into RAM, transposed to the published (N, D, R) layout."""
     features, labels = {}, {}
     for split in ("train", "test_seen", "test_unseen"):
@@ -65,11 +67,12 @@ def load_reference_data(data: ZSLDataset, chunk: int = 512) -> ReferenceData:
         parts = [torch.from_numpy(x).float().transpose(1, 2).contiguous() for x, _ in reader.iter_batches(chunk)]
         features[split] = torch.cat(parts)
         labels[split] = torch.from_numpy(np.asarray(reader.labels, dtype=np.int64))
-    sem = data.semantics
-    return ReferenceData(features=features, labels=labels, attributes=torch.from_numpy(sem.attributes).float(),
-                         word_vectors=torch.from_numpy(sem.word_vectors).float(),
-                         seen=torch.from_numpy(np.unique(labels["train"].numpy())),
-                         unseen=torch.from_numpy(np.unique(labels["test_unseen"].numpy())))
+    sem, device = data.semantics, torch.device(device)
+    return ReferenceData(features=features, labels={k: v.to(device) for k, v in labels.items()},
+                         attributes=torch.from_numpy(sem.attributes).float().to(device),
+                         word_vectors=torch.from_numpy(sem.word_vectors).float().to(device),
+                         seen=torch.from_numpy(np.unique(labels["train"].numpy())).to(device),
+                         unseen=torch.from_numpy(np.unique(labels["test_unseen"].numpy())).to(device), device=device)
 
 
 class SeenBatches:
@@ -77,8 +80,8 @@ class SeenBatches:
     each (at least one, drawn with replacement), from NumPy's global generator."""
 
     def __init__(self, data: ReferenceData):
-        labels = data.labels["train"].numpy()
-        self.per_class = [np.flatnonzero(labels == c) for c in data.seen.numpy()]
+        labels = data.labels["train"].cpu().numpy()
+        self.per_class = [np.flatnonzero(labels == c) for c in data.seen.cpu().numpy()]
         self.data = data
 
     def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,8 +89,8 @@ class SeenBatches:
         per = max(batch_size // count, 1)
         chosen = np.random.choice(np.arange(count), min(count, batch_size), replace=False).tolist()
         idx = torch.from_numpy(np.concatenate([np.random.choice(self.per_class[c], per) for c in chosen]))
-        labels = self.data.labels["train"][idx]
-        return labels, self.data.features["train"][idx], self.data.attributes[labels]
+        labels = self.data.labels["train"][idx.to(self.data.device)]
+        return labels, self.data.features["train"][idx].to(self.data.device), self.data.attributes[labels]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ class PublishedDAZLE(nn.Module):
 def published_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, subset: torch.Tensor | None) -> torch.Tensor:
     """DAZLE's `compute_aug_cross_entropy`: log-softmax against one-hot rows, optionally over a
     class subset (the seen classes: 'non-conservative')."""
-    onehot = torch.eye(scores.shape[1])[labels]
+    onehot = torch.eye(scores.shape[1], device=scores.device)[labels]
     if subset is not None:
         scores, onehot = scores[:, subset], onehot[:, subset]
     return torch.mean(-torch.einsum("bk,bk->b", F.log_softmax(scores, dim=1), onehot))
@@ -245,10 +248,10 @@ def weighted_l1(pred, gt):
 
 
 def gradient_penalty(critic, real, fake, att, lambda1):
-    alpha = torch.rand(real.shape[0], 1).expand(real.size())
+    alpha = torch.rand(real.shape[0], 1, device=real.device).expand(real.size())
     interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     out = critic(interpolates, att)
-    (grad,) = torch.autograd.grad(out, interpolates, grad_outputs=torch.ones(out.size()), create_graph=True,
+    (grad,) = torch.autograd.grad(out, interpolates, grad_outputs=torch.ones(out.size(), device=out.device), create_graph=True,
                                   retain_graph=True, only_inputs=True)
     return ((grad.norm(2, dim=1) - 1) ** 2).mean() * lambda1
 
@@ -300,7 +303,7 @@ class Stage1:
 
     def __init__(self, data: ReferenceData, settings: ReferenceSettings):
         self.data, self.settings, self.batches = data, settings, SeenBatches(data)
-        self.net = PublishedDAZLE(data)
+        self.net = PublishedDAZLE(data).to(data.device)
         self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=0.0001, weight_decay=0.0001, momentum=0.9)
 
     def step(self) -> torch.Tensor:
@@ -317,7 +320,8 @@ class Stage1:
     @torch.no_grad()
     def fit_scaler(self) -> None:
         """The min-max pass over the training features, in batches of 64 as published."""
-        g = torch.cat([self.net.pooled_features(x) for x in self.data.features["train"].split(self.settings.batch_size)])
+        g = torch.cat([self.net.pooled_features(x.to(self.data.device))
+                       for x in self.data.features["train"].split(self.settings.batch_size)])
         self.net.scale_min.copy_(g.min(dim=0).values)
         self.net.scale_max.copy_(g.max(dim=0).values)
 
@@ -328,10 +332,10 @@ class Stage2:
 
     def __init__(self, stage1: Stage1):
         self.data, self.settings = stage1.data, stage1.settings
-        self.net = PublishedDAZLE(self.data)
+        self.net = PublishedDAZLE(self.data).to(self.data.device)
         self.net.load_state_dict(stage1.net.state_dict())
         self.net.requires_grad_(False)
-        self.head = regression_head(self.data.feature_dim, self.data.attributes.shape[0])
+        self.head = regression_head(self.data.feature_dim, self.data.attributes.shape[0]).to(self.data.device)
         params = list(self.net.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.RMSprop(params, lr=0.0001, weight_decay=0.0001, momentum=0.9)
         self.batches = stage1.batches
@@ -355,7 +359,8 @@ class Stage2:
 def inference_atten_f(stage2: Stage2) -> dict[str, torch.Tensor]:
     """`utils.inference_atten_f`: g of every image of the three splits, batches of 64."""
     net, batch = stage2.net, stage2.settings.batch_size
-    return {split: torch.cat([net.pooled_features(x) for x in feats.split(batch)])
+    device = stage2.data.device
+    return {split: torch.cat([net.pooled_features(x.to(device)) for x in feats.split(batch)])
             for split, feats in stage2.data.features.items()}
 
 
@@ -368,17 +373,17 @@ class Stage3:
         self.settings, self.data, self.netA, self.head, self.batches = s, data, stage2.net, stage2.head, stage2.batches
         self.head.requires_grad_(False)
         dim_f, num_attributes = data.feature_dim, data.attributes.shape[1]
-        self.E = PublishedEncoder(dim_f, num_attributes, s.hidden)
-        self.G = PublishedGenerator(dim_f, num_attributes, s.hidden)
-        self.D = PublishedCritic(dim_f, num_attributes, s.hidden)
-        self.Dec = PublishedAttDec(dim_f, num_attributes, s.hidden)
-        self.Fb = PublishedFeedback(s.hidden)
+        self.E = PublishedEncoder(dim_f, num_attributes, s.hidden).to(data.device)
+        self.G = PublishedGenerator(dim_f, num_attributes, s.hidden).to(data.device)
+        self.D = PublishedCritic(dim_f, num_attributes, s.hidden).to(data.device)
+        self.Dec = PublishedAttDec(dim_f, num_attributes, s.hidden).to(data.device)
+        self.Fb = PublishedFeedback(s.hidden).to(data.device)
         self.opt_E = torch.optim.Adam(self.E.parameters(), lr=s.lr)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=s.lr, betas=(0.5, 0.999))
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=s.lr, betas=(0.5, 0.999))
         self.opt_Dec = torch.optim.Adam(self.Dec.parameters(), lr=s.dec_lr, betas=(0.5, 0.999))
         self.opt_F = torch.optim.Adam(self.Fb.parameters(), lr=s.feed_lr, betas=(0.5, 0.999))
-        self.noise = torch.FloatTensor(s.batch_size, num_attributes)
+        self.noise = torch.empty(s.batch_size, num_attributes, device=data.device)
         self.lambda1 = s.lambda1
 
     def _generate(self, z, att, loop: int):
@@ -390,7 +395,7 @@ class Stage3:
 
     def _latent(self, f_global, att):
         means, log_var = self.E(f_global, att)
-        eps = torch.randn(means.shape)  # published: [batch_size, latent], which crashes on the short batches its sampler returns when Cs < B
+        eps = torch.randn(means.shape, device=means.device)  # published: [batch_size, latent], which crashes on the short batches its sampler returns when Cs < B
         return eps * torch.exp(0.5 * log_var) + means, means, log_var
 
     def critic_steps(self, loop: int) -> None:
@@ -435,7 +440,7 @@ class Stage3:
         err_g = vae_loss(recon_x, f_global, means, log_var)
         published_cross_entropy(self.head(f_global), labels, None)  # loss_rec_ce_ref: logged, not trained
         err_g = err_g + s.lambda_s * published_cross_entropy(self.head(recon_x), labels, None)
-        unseen_labels = data.unseen[np.random.randint(data.unseen.size(0), size=labels.size(0))]
+        unseen_labels = data.unseen[torch.from_numpy(np.random.randint(data.unseen.size(0), size=labels.size(0))).to(data.device)]
         noise = self.noise[: labels.size(0)].normal_(0, 1)
         gen_unseen = self.G(noise, c=data.attributes[unseen_labels])
         err_g = err_g + s.lambda_u * published_cross_entropy(self.head(gen_unseen), unseen_labels, None)
@@ -483,13 +488,14 @@ class PublishedClassifier:
     validation (the reference only scores the last epoch)."""
 
     def __init__(self, train_x, train_y, nclass: int, dec: PublishedAttDec, lr: float, batch_size: int):
-        self.dec, self.batch_size = dec, batch_size
+        self.dec, self.batch_size, device = dec, batch_size, train_x.device
         self.train_x, self.train_y = self.compute_dec_out(train_x), train_y.clone()
         self.model = LinearLogSoftmax(self.train_x.size(1), nclass)
         self.model.apply(_weights_init)
+        self.model.to(device)
         self.criterion = nn.NLLLoss()
-        self.input = torch.FloatTensor(batch_size, self.train_x.size(1))
-        self.label = torch.LongTensor(batch_size)
+        self.input = torch.empty(batch_size, self.train_x.size(1), device=device)
+        self.label = torch.empty(batch_size, dtype=torch.long, device=device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
         self.index_in_epoch, self.epochs_completed, self.ntrain = 0, 0, self.train_x.size(0)
 
@@ -505,13 +511,13 @@ class PublishedClassifier:
     def next_batch(self, batch_size: int):
         start = self.index_in_epoch
         if self.epochs_completed == 0 and start == 0:
-            perm = torch.randperm(self.ntrain)
+            perm = torch.randperm(self.ntrain).to(self.train_x.device)
             self.train_x, self.train_y = self.train_x[perm], self.train_y[perm]
         if start + batch_size > self.ntrain:
             self.epochs_completed += 1
             rest = self.ntrain - start
             x_rest, y_rest = self.train_x[start:self.ntrain], self.train_y[start:self.ntrain]
-            perm = torch.randperm(self.ntrain)
+            perm = torch.randperm(self.ntrain).to(self.train_x.device)
             self.train_x, self.train_y = self.train_x[perm], self.train_y[perm]
             self.index_in_epoch = batch_size - rest
             x_new, y_new = self.train_x[:self.index_in_epoch], self.train_y[:self.index_in_epoch]
@@ -542,12 +548,12 @@ def generate_syn_feature(stage3: Stage3, classes: torch.Tensor, num: int) -> tup
     att, features, labels = stage3.data.attributes, [], []
     for c in classes.tolist():
         syn_att = att[c].repeat(num, 1)
-        noise = torch.randn(num, att.shape[1])
+        noise = torch.randn(num, att.shape[1], device=att.device)
         fake = stage3.G(noise, c=syn_att)
         stage3.Dec(fake)
         fake = stage3.G(noise, a1=stage3.settings.a2, c=syn_att, feedback_layers=stage3.Fb(stage3.Dec.getLayersOutDet()))
         features.append(fake)
-        labels.append(torch.full((num,), c, dtype=torch.long))
+        labels.append(torch.full((num,), c, dtype=torch.long, device=att.device))
     return torch.cat(features), torch.cat(labels)
 
 
@@ -566,9 +572,10 @@ def classifiers(stage3: Stage3, dense: dict[str, torch.Tensor]) -> tuple[Publish
 def score(gzsl: PublishedClassifier, czsl: PublishedClassifier, data: ReferenceData, dense) -> dict[str, float]:
     """CZSL Acc and GZSL U / S / H (percent, per-class means) of the classifiers' last epoch."""
     seen_x, unseen_x = gzsl.compute_dec_out(dense["test_seen"]), gzsl.compute_dec_out(dense["test_unseen"])
-    seen_acc = mean_per_class_accuracy(gzsl.predict(seen_x).numpy(), data.labels["test_seen"].numpy())
-    unseen_acc = mean_per_class_accuracy(gzsl.predict(unseen_x).numpy(), data.labels["test_unseen"].numpy())
-    czsl_acc = mean_per_class_accuracy(data.unseen[czsl.predict(unseen_x)].numpy(), data.labels["test_unseen"].numpy())
+    labels = {k: v.cpu().numpy() for k, v in data.labels.items()}
+    seen_acc = mean_per_class_accuracy(gzsl.predict(seen_x).cpu().numpy(), labels["test_seen"])
+    unseen_acc = mean_per_class_accuracy(gzsl.predict(unseen_x).cpu().numpy(), labels["test_unseen"])
+    czsl_acc = mean_per_class_accuracy(data.unseen[czsl.predict(unseen_x)].cpu().numpy(), labels["test_unseen"])
     return {"czsl_acc": 100 * czsl_acc, "gzsl_unseen": 100 * unseen_acc, "gzsl_seen": 100 * seen_acc,
             "gzsl_h": 100 * harmonic_mean(seen_acc, unseen_acc)}
 
@@ -576,6 +583,8 @@ def score(gzsl: PublishedClassifier, czsl: PublishedClassifier, data: ReferenceD
 def _timed(timings: dict[str, float], name: str, work: Callable[[], object]):
     start = time.perf_counter()
     result = work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     timings[name] = round(time.perf_counter() - start, 2)
     return result
 
@@ -584,6 +593,7 @@ def run_end_to_end(data: ReferenceData, settings: ReferenceSettings, seed: int, 
     """The whole published procedure on `data`; returns per-stage seconds and the honest scores."""
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
     progress = progress or (lambda iterable, **kwargs: iterable)
     timings: dict[str, float] = {}
 
