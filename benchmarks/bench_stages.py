@@ -491,6 +491,18 @@ def unit_flops(stage: str, ctx, data) -> dict[str, tuple[float, str]]:
     return {"ours": (flops_ours_inference(s, n), "batch"), "reference": (flops_reference_inference(s, n), "batch")}
 
 
+def print_profile(stage: str, unit: Callable[[], object], rows: int = 15) -> None:
+    """torch.profiler's operator table of one unit of ours, by self time and input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        unit()
+    print(f"-- profile of one {stage} unit (ours)")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                             max_name_column_width=32, max_shapes_column_width=56))
+
+
 def run_units(args) -> None:
     layout = layout_from(args)
     device = torch.device(args.device)
@@ -505,10 +517,13 @@ def run_units(args) -> None:
         _print_header(args, layout, ctx, peaks)
         for stage in args.stages:
             flops = unit_flops(stage, ctx, data)
-            seconds = time_pair(UNITS[stage](ctx, data, reference), args.repeats, device)
+            units = UNITS[stage](ctx, data, reference)
+            seconds = time_pair(units, args.repeats, device)
             for impl in seconds:
                 row = Row(stage, impl, ctx.args.mixed_precision, seconds[impl], flops[impl][0] / 1e9, flops[impl][1])
                 print(row.line(peaks, seconds.get("reference") if impl == "ours" else None), flush=True)
+            if args.profile:
+                print_profile(stage, units["ours"])
         after = matmul_peak(torch.float32, device, args.matmul_size)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:
@@ -635,6 +650,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table of one unit of ours")
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where both implementations run (ours follows Accelerate, which picks the GPU when there is one)")

@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput
 from .configuration_scegg import SCEGGConfig
 
 _SCALER_EPS = 1e-12
+_SYNTHESIS_CHUNK = 4096  # rows generated at once by `synthesize`
 
 
 @dataclass
@@ -698,10 +699,13 @@ class SCEGGModel(SCEGGPreTrainedModel):
         labels = class_ids.repeat_interleave(num_per_class)
         latent = _random(torch.randn, (len(labels), self.config.resolved_latent_dim), self.class_attributes, generator)
         eggn = self.eggn
-        features = generate_features(
-            eggn.generator, eggn.decoder, eggn.feedback, latent, self.class_attributes[labels],
-            self.config.synthesis_feedback_weight,
-        )
+        features = latent.new_empty(len(labels), self.config.feature_dim)
+        for start in range(0, len(labels), _SYNTHESIS_CHUNK):  # bounds the (n, 4096) hidden layers
+            rows = slice(start, start + _SYNTHESIS_CHUNK)
+            features[rows] = generate_features(
+                eggn.generator, eggn.decoder, eggn.feedback, latent[rows], self.class_attributes[labels[rows]],
+                self.config.synthesis_feedback_weight,
+            )
         return features, labels
 
 

@@ -7,7 +7,11 @@ is what makes a resumed run end with the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -137,6 +141,17 @@ def sharded_map(
     if len(order) != num_items:
         raise RuntimeError(f"sharded evaluation returned {len(order)} items for {num_items}")
     return {key: value[order] for key, value in merged.items()}
+
+
+def release_stage_memory(accelerator: Accelerator) -> None:
+    """Hand what a finished stage allocated back to the system: Accelerate's references, cycles,
+    and the freed heap pages that glibc keeps (after stage 3 at 7 x 7 x 512, ~300 MB of
+    optimizer state would otherwise stay resident into the classifier stage)."""
+    accelerator.free_memory()
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 def silence_noisy_loggers() -> None:

@@ -17,7 +17,7 @@ from ..data.sampling import ClassBalancedSampler
 from ..data.store import RegionFeatureReader
 from ..modeling_scegg import SCEGGModel, stage1_loss_eq16
 from .checkpointing import StageState
-from .common import RunContext, optimizer_step, run_steps, scen_optimizer, sharded_map
+from .common import RunContext, optimizer_step, release_stage_memory, run_steps, scen_optimizer, sharded_map
 
 
 class Stage1Network(nn.Module):
@@ -94,7 +94,9 @@ def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
     run = prepare_stage1(ctx, reader)
     state = ctx.stage_state("stage1", run.accelerator)
     run_steps(ctx, run.accelerator, "stage1", ctx.args.stage1_iters, state, lambda s: stage1_step(run, s))
-    run.accelerator.free_memory()
+    accelerator = run.accelerator
+    del run  # the networks stay in the model; the optimizer state goes
+    release_stage_memory(accelerator)
 
 
 @torch.no_grad()
@@ -113,6 +115,6 @@ def compute_dense_features(ctx: RunContext, reader: RegionFeatureReader, with_lo
             out["local_scores"] = raw["local_scores"].float()
         return out
 
-    result = sharded_map(accelerator, len(reader), ctx.args.eval_batch_size, compute)
+    result = sharded_map(accelerator, len(reader), reader.batch_rows(ctx.args.eval_batch_size), compute)
     result["labels"] = torch.from_numpy(np.asarray(reader.labels, dtype=np.int64))
     return result

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from ..data.sampling import ClassBalancedSampler
 from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
 from .checkpointing import StageState
-from .common import RunContext, optimizer_step, run_steps, scen_optimizer
+from .common import RunContext, optimizer_step, release_stage_memory, run_steps, scen_optimizer
 
 
 @dataclass
@@ -62,7 +62,9 @@ def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
     run = prepare_stage2(ctx, train_cache)
     state = ctx.stage_state("stage2", run.accelerator)
     run_steps(ctx, run.accelerator, "stage2", ctx.args.stage2_iters, state, lambda s: stage2_step(run, s))
-    run.accelerator.free_memory()
+    accelerator = run.accelerator
+    del run  # the networks stay in the model; the optimizer state goes
+    release_stage_memory(accelerator)
 
 
 @torch.no_grad()

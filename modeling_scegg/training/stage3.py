@@ -40,7 +40,7 @@ from ..modeling_scegg import (
     wgan_critic_loss_eq11,
 )
 from .checkpointing import StageState
-from .common import GAN_BETAS, RunContext, adam, run_steps
+from .common import GAN_BETAS, RunContext, adam, release_stage_memory, run_steps
 
 NETWORKS = ("encoder", "generator", "critic", "decoder", "feedback")
 
@@ -258,5 +258,7 @@ def train_stage3(
 
     run_steps(ctx, accelerator, "stage3", args.stage3_epochs * 2 * positions, s.stream, step)
     ctx.model.eggn.eval()
-    accelerator.free_memory()
-    return s.stream.extra.get("epoch_scores", {})
+    scores = s.stream.extra.get("epoch_scores", {})
+    del s  # the networks stay in the model; the optimizer state goes
+    release_stage_memory(accelerator)
+    return scores
