@@ -1,46 +1,17 @@
-"""Classify images of unseen classes with a trained SC-EGG checkpoint.
+"""Classify pictures of unseen classes with a trained SC-EGG checkpoint.
 
-    python examples/predict.py MODEL FEATURES.npy          # region features (B, R, D) from the backbone
-    python examples/predict.py MODEL --images a.jpg b.jpg [--backbone resnet101.pth]
+    python examples/predict.py MODEL bird.jpg more_birds/ [--czsl] [--top_k 5] [--output preds.csv]
+    python examples/predict.py MODEL FEATURES.npy            # region features (B, R, D) from the backbone
 
-MODEL is an output folder of train_stages.py or a Hub id. With --images, the ResNet-101 region
-features are extracted first (the model must have been trained on the same backbone and crop).
+MODEL is an output folder of train_stages.py or a Hub id. A model trained on an image folder
+carries its ResNet region backbone; one trained on precomputed region features needs the backbone
+they came from, once (`scegg attach-backbone MODEL WEIGHTS --output DIR`) or per call
+(`--image_backbone WEIGHTS`). This is `scegg predict`: every flag is listed by `--help`, one row per
+input (an error row for each unusable picture), exit status 1 when any input failed.
 """
-import argparse
 import sys
-
-import torch
 
 from modeling_scegg.cli import main as scegg
 
-
-def classify_images(model_name: str, images: list[str], backbone: str | None, top_k: int) -> None:
-    from PIL import Image
-
-    from modeling_scegg.data.backbone import RegionFeatureExtractor, build_resnet101
-    from modeling_scegg.hub import load_model
-
-    model = load_model(model_name).eval()
-    extractor = RegionFeatureExtractor(build_resnet101(backbone))
-    regions = extractor([Image.open(path).convert("RGB") for path in images]).regions
-    with torch.no_grad():
-        output = model(torch.as_tensor(regions, dtype=torch.float32))
-    for path, scores in zip(images, output.logits):
-        top = torch.topk(scores, k=min(top_k, len(scores)))
-        print(path, [model.config.id2label[int(i)] for i in top.indices])
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
-    parser.add_argument("features", nargs="?")
-    parser.add_argument("--images", nargs="+")
-    parser.add_argument("--backbone", help="torchvision ResNet-101 weights, or a transformers ResNet folder / Hub id")
-    parser.add_argument("--top_k", type=int, default=5)
-    args = parser.parse_args()
-    if args.images:
-        classify_images(args.model, args.images, args.backbone, args.top_k)
-    elif args.features:
-        sys.exit(scegg(["predict", args.model, args.features, "--top_k", str(args.top_k)]))
-    else:
-        parser.error("give FEATURES or --images")
+    sys.exit(scegg(["predict", *sys.argv[1:]]))

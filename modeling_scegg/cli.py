@@ -1,4 +1,5 @@
-"""The `scegg` command: train, evaluate, predict, plot, convert data, push models and feature datasets.
+"""The `scegg` command: train, predict, attach a backbone, add classes, evaluate, plot, convert data,
+push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -44,36 +45,81 @@ def format_results(results: dict) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
+    import itertools
+
     import torch
 
+    from .hub import load_image_processor, load_model
+    from .prediction import FEATURE_SUFFIXES, expand_inputs, predict_images, predict_region_features, write_predictions
+
+    model = load_model(args.model, for_images=True).eval()
+    files = expand_inputs(args.inputs)
+    features = [f for f in files if f.suffix.lower() in FEATURE_SUFFIXES]
+    images = [f for f in files if f.suffix.lower() not in FEATURE_SUFFIXES]
+    processor = load_image_processor(args.model) if images else None
+    if images:
+        model = _with_backbone(model, args, processor)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
+    rows = itertools.chain(*(predict_region_features(model, f, **options) for f in features),
+                           predict_images(model, processor, images, **options) if images else ())
+    errors = write_predictions(rows, args.output, args.top_k)
+    print(f"{len(features)} feature files and {len(images)} pictures: {errors} rows failed", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _with_backbone(model, args: argparse.Namespace, processor):
+    """The model's own backbone, or the explicitly given one; never a silent random network."""
+    from .export import attach_backbone
+
+    if model.backbone is not None:
+        if args.image_backbone:
+            raise ValueError(f"{args.model} carries its own backbone ({model.config.feature_backbone}); drop --image_backbone")
+        return model
+    if not args.image_backbone:
+        raise ValueError(
+            f"{args.model} has no region backbone, so it cannot read pictures: pass --image_backbone WEIGHTS (the "
+            f"backbone its region features came from; 'random' for tests), or embed it once with "
+            f"`scegg attach-backbone {args.model} WEIGHTS --output DIR`"
+        )
+    return attach_backbone(model, args.image_backbone, processor)
+
+
+def _attach_backbone(args: argparse.Namespace) -> int:
+    from .export import attach_backbone, save_model
     from .hub import load_model
 
-    model = load_model(args.model).eval()
-    features = _read_features(args.features)
-    with torch.no_grad():
-        output = model(torch.from_numpy(features).float())
-    logits = output.czsl_logits if args.czsl else output.logits
-    ids = model.config.unseen_class_ids if args.czsl else list(range(model.config.num_classes))
-    top = torch.topk(logits, k=min(args.top_k, logits.shape[-1]), dim=-1)
-    for row, (scores, positions) in enumerate(zip(top.values, top.indices)):
-        names = [model.config.id2label[ids[int(p)]] for p in positions]
-        print(json.dumps({"image": row, "classes": names, "scores": [round(float(s), 4) for s in scores]}))
-    return 0 if np.isfinite(logits.numpy()).all() else 1
+    processor = _image_processor(args.crop_size, args.resize_size)
+    image_model = attach_backbone(load_model(args.model), args.weights, processor)
+    save_model(image_model, args.output, processor)
+    print(f"wrote {args.output}: backbone {image_model.config.feature_backbone}, "
+          f"{processor.crop_size.height} x {processor.crop_size.width} crops -> {image_model.config.num_regions} regions")
+    return 0
 
 
-def _read_features(path: str):
-    """Region features (B, R, D) from .npy (no pickles) or .safetensors (tensor 'region_features')."""
-    import numpy as np
+def _add_classes(args: argparse.Namespace) -> int:
+    import torch
 
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+    from .data.new_classes import read_new_classes
+    from .export import save_model
+    from .hub import load_image_processor, load_model
 
-        tensors = load_file(path)
-        if "region_features" not in tensors:
-            raise KeyError(f"{path} has no tensor 'region_features' (found {sorted(tensors)})")
-        return tensors["region_features"]
-    return np.load(path, allow_pickle=False)
+    model = load_model(args.model, for_images=True).eval()
+    names, attributes = read_new_classes(args.classes, model.config.num_attributes)
+    new_ids = model.add_classes(names, torch.from_numpy(attributes), generator=torch.Generator().manual_seed(args.seed))
+    save_model(model, args.output, load_image_processor(args.model))
+    print(f"wrote {args.output}: {len(new_ids)} new unseen classes "
+          + ", ".join(f"{i} {name}" for i, name in zip(new_ids, names))
+          + f"; {model.config.num_classes} classes, {model.config.num_unseen_classes} unseen")
+    return 0
+
+
+def _image_processor(crop_size: int, resize_size: int | None):
+    from .image_processing_scegg import SCEGGImageProcessor
+
+    return SCEGGImageProcessor(size={"shortest_edge": resize_size or crop_size},
+                               crop_size={"height": crop_size, "width": crop_size})
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -135,11 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scegg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train all stages (flags: see `scegg train --help`)", add_help=False)
-    predict = sub.add_parser("predict", help="classify region features with a trained model")
+    predict = sub.add_parser("predict", help="class names for pictures (or region features) with a trained model; "
+                                             "exit status 1 when any input failed")
     predict.add_argument("model", help="output folder or Hub id")
-    predict.add_argument("features", help=".npy or .safetensors file with region features (B, R, D)")
+    predict.add_argument("inputs", nargs="+", help="pictures, folders of pictures, or .npy / .safetensors files "
+                                                   "of region features (B, R, D)")
     predict.add_argument("--top_k", type=int, default=5)
-    predict.add_argument("--czsl", action="store_true", help="predict among unseen classes only")
+    predict.add_argument("--czsl", action="store_true", help="rank the unseen classes only (CZSL); default: all (GZSL)")
+    predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
+    predict.add_argument("--batch_size", type=int, default=16)
+    predict.add_argument("--image_backbone", help="for a model without backbone: the ResNet its features came from "
+                                                  "(weights file, transformers folder / Hub id, or 'random' for tests)")
+    attach = sub.add_parser("attach-backbone", help="embed the ResNet region backbone in a model trained on region features")
+    attach.add_argument("model", help="output folder or Hub id")
+    attach.add_argument("weights", help="torchvision ResNet-101 file, transformers ResNet folder / Hub id, or 'random' (tests)")
+    attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
+    attach.add_argument("--crop_size", type=int, default=448, help="crop the region features were extracted at")
+    attach.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
+    add = sub.add_parser("add-classes", help="add unseen classes from their attributes: synthesise their features, "
+                                             "refit the final classifiers (SCEN and EGGN unchanged)")
+    add.add_argument("model", help="output folder or Hub id")
+    add.add_argument("classes", help="CSV: class_name,<the model's attribute columns> (one row per new class)")
+    add.add_argument("--output", required=True, help="folder to write the model with the new classes to")
+    add.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and the refit")
     evaluate = sub.add_parser("evaluate", help="score a trained model on a dataset's test splits")
     evaluate.add_argument("model", help="output folder or Hub id")
     evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
@@ -175,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

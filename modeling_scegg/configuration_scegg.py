@@ -2,14 +2,16 @@
 Learning", IJCAI-22).
 
 One object holds every size and hyperparameter of the model, and a switch for every place where the
-authors' published code differs from the paper's equations (see SPEC.md): the published behaviour is
-the default, the paper's variant is one keyword away, so both can be trained and compared.
+authors' published code differs from the paper's equations (README, "Paper and published code"):
+the published behaviour is the default, the paper's variant is one keyword away, so both can be
+trained and compared.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 _CHOICES = {
     "stage1_classes": ("seen", "all"),
@@ -62,6 +64,9 @@ class SCEGGConfig(PretrainedConfig):
             instead (the "w/o L_SCR" ablation).
         dense_feature_source (`str`, defaults to `"scen"`): `"scen"` uses the SCEN's dense feature
             g; `"pooled"` uses the mean-pooled backbone feature (the TF-VAEGAN baseline, no SCEN).
+        attribute_encoder (`str`, *optional*): the sentence encoder (Hub id or folder) whose
+            mean-pooled embeddings of the attribute names became the word vectors, for data that had
+            none; None when the dataset's own word vectors were used.
 
     EGGN (stage 3, TF-VAEGAN):
         latent_dim (`int`, defaults to `num_attributes`): size of the VAE latent z.
@@ -105,9 +110,25 @@ class SCEGGConfig(PretrainedConfig):
             subtracted from every seen class's GZSL score before the argmax, to counter the bias
             towards seen classes. Training sets it with `--calibration validation` (chosen on the
             validation view, never on test); 0 is the uncalibrated classifier.
+        refit_num_synthetic (`int`, defaults to 300): synthetic features per unseen class, also the
+            batch size, when `add_classes` refits both classifiers (training records its `--syn_num`).
+        refit_epochs (`list[int]`, defaults to `[25, 25]`): GZSL and CZSL epochs of that refit
+            (training records the epochs its classifiers ran).
+        refit_lr (`float`, defaults to 1e-3): Adam learning rate of that refit (`--classifier_lr`).
+
+    Pictures in ([`SCEGGForImageClassification`]):
+        backbone_config (`ResNetConfig` or `dict`, *optional*): the region backbone, in transformers'
+            backbone conventions: a ResNet whose last stage (`out_features=["stage4"]`) gives an
+            H x W map of `feature_dim` channels, read row-major as `num_regions` = H * W regions.
+            None for a model that takes region features only (its checkpoint holds no backbone).
+        feature_backbone (`str`, *optional*): the backbone weights that computed the region features
+            the model was trained on, as `"sha256:<hex>"` over every weight and buffer (the same for
+            a torchvision .pth, its safetensors conversion or a Hub copy); `scegg attach-backbone`
+            refuses other weights. None when unknown (precomputed features, synthetic data).
     """
 
     model_type = "scegg"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="resnet", optional=True)}
 
     feature_dim: int = 2048
     num_regions: int = 196
@@ -128,6 +149,7 @@ class SCEGGConfig(PretrainedConfig):
     regression_loss: str = "mse"
     stage2_objective: str = "regression"
     dense_feature_source: str = "scen"
+    attribute_encoder: str | None = None
 
     latent_dim: int | None = None
     encoder_hidden_dim: int = 4096
@@ -154,6 +176,12 @@ class SCEGGConfig(PretrainedConfig):
 
     classifier_input: str = "augmented"
     seen_score_offset: float = 0.0
+    refit_num_synthetic: int = 300
+    refit_epochs: list[int] | tuple[int, int] = (25, 25)
+    refit_lr: float = 1e-3
+
+    backbone_config: dict | PretrainedConfig | None = None
+    feature_backbone: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.seen_class_ids is None and self.unseen_class_ids is None:
@@ -167,6 +195,7 @@ class SCEGGConfig(PretrainedConfig):
         self.seen_class_ids = [int(c) for c in self.seen_class_ids]
         self.unseen_class_ids = [int(c) for c in self.unseen_class_ids]
         self.gp_adapt_bounds = [float(b) for b in self.gp_adapt_bounds]
+        self.refit_epochs = [int(e) for e in self.refit_epochs]
         if self.id2label is None and "num_labels" not in kwargs:
             self.id2label = {i: f"class_{i}" for i in range(self.num_classes)}
         super().__post_init__(**kwargs)
@@ -193,7 +222,7 @@ class SCEGGConfig(PretrainedConfig):
         """Reject inconsistent settings early, naming the field, so a bad config never trains."""
         for name in ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
                      "regression_hidden_dim", "encoder_hidden_dim", "generator_hidden_dim",
-                     "critic_hidden_dim", "decoder_hidden_dim"):
+                     "critic_hidden_dim", "decoder_hidden_dim", "refit_num_synthetic"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SCEGGConfig.{name} must be a positive integer, got {value!r}")
@@ -205,6 +234,8 @@ class SCEGGConfig(PretrainedConfig):
             raise ValueError(
                 f"SCEGGConfig.id2label has {len(self.id2label)} names but num_classes is {self.num_classes}"
             )
+        if len(self.refit_epochs) != 2 or min(self.refit_epochs) < 1:
+            raise ValueError(f"SCEGGConfig.refit_epochs must be [gzsl, czsl] epochs >= 1, got {self.refit_epochs}")
         lower, upper = self.gp_adapt_bounds
         if not 0 < lower <= upper:
             raise ValueError(f"SCEGGConfig.gp_adapt_bounds must be (lower, upper) with 0 < lower <= upper, got {self.gp_adapt_bounds}")

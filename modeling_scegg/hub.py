@@ -24,15 +24,18 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.repocard import metadata_load
 
-from .modeling_scegg import SCEGGModel
+from .atomic import atomic_path, atomic_write_text
+from .image_processing_scegg import SCEGGImageProcessor
+from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TEMPLATE = PACKAGE_DIR / "templates" / "MODEL_CARD.md"
-MODELING_FILES = ("configuration_scegg.py", "modeling_scegg.py")
+# the remote-code files a checkpoint folder carries (the pipeline one is named in config.custom_pipelines)
+MODELING_FILES = ("configuration_scegg.py", "modeling_scegg.py", "image_processing_scegg.py", "pipeline_scegg.py")
 # Formats that unpickle on load (torch.load, pickle, Lightning ckpt): never shared, never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", *MODELING_FILES,
-                       "README.md", "results.json")
+                       "preprocessor_config.json", "README.md", "results.json")
 
 RESULT_KEYS = {
     # key in results.json (percent): (setting, metric shown, metric_type, split)
@@ -113,7 +116,8 @@ def build_model_card(
         # not pick up test-selected numbers shown beside honest ones in the text.
         eval_results=_eval_results(main, dataset_name, protocol_label),
         library_name="transformers",
-        pipeline_tag="zero-shot-image-classification",
+        # the task the checkpoint really runs: pictures need the embedded backbone
+        pipeline_tag="image-classification" if config.get("backbone_config") else None,
         license="apache-2.0",
         tags=CARD_TAGS,
         metrics=["accuracy"],
@@ -140,8 +144,9 @@ def build_model_card(
         num_attributes=config["num_attributes"],
         num_regions=config["num_regions"],
         feature_dim=config["feature_dim"],
+        runs_on_images=bool(config.get("backbone_config")),
     )
-    _atomic_write_text(folder / "README.md", str(card))
+    atomic_write_text(folder / "README.md", str(card))
     return card
 
 
@@ -203,14 +208,6 @@ def _table_rows(values: dict[str, float]) -> list[dict[str, Any]]:
     ]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary sibling and rename, so a crash never leaves half a file."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Safe loading
 # ----------------------------------------------------------------------------------------------
@@ -241,25 +238,45 @@ def check_safetensors_only(folder_or_repo_files: str | os.PathLike | Iterable[st
     raise FileNotFoundError(f"{where} holds no model weights (*.safetensors); files: {names[:10]}")
 
 
-def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | None = None) -> SCEGGModel:
-    """Load an SC-EGG checkpoint from a folder or a Hub repo with the installed package's code.
-
-    Only config, safetensors and the card are ever downloaded (pickles are never fetched); the
-    installed ``SCEGGModel`` is used, so no remote code runs. Offline cache misses raise
-    ``HubOfflineError`` with the commands that fix them.
-    """
+def local_model_folder(name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | None = None) -> Path:
+    """The folder of a checkpoint: itself when local, else its cached Hub snapshot. Only config,
+    safetensors, the image processor's config and the card are ever downloaded (pickles are never
+    fetched). Offline cache misses raise ``HubOfflineError`` with the commands that fix them."""
     path = Path(name_or_path)
     if path.is_dir():
-        folder = path
-    else:
-        try:
-            folder = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
-                                            allow_patterns=["config.json", "*.safetensors",
-                                                            "model.safetensors.index.json", "README.md"]))
-        except Exception as error:
-            raise explain_offline_error(error, str(name_or_path)) from error
+        return path
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision, token=token,
+                                      allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json",
+                                                      "preprocessor_config.json", "README.md"]))
+    except Exception as error:
+        raise explain_offline_error(error, str(name_or_path)) from error
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    for_images: bool = False,
+) -> SCEGGModel:
+    """Load an SC-EGG checkpoint from a folder or a Hub repo with the installed package's code
+    (no remote code runs): ``SCEGGModel``, or with ``for_images`` ``SCEGGForImageClassification``
+    (with the checkpoint's backbone, when it has one)."""
+    folder = local_model_folder(name_or_path, revision=revision, token=token)
     check_safetensors_only(folder)
-    return SCEGGModel.from_pretrained(folder, use_safetensors=True)
+    model_class = SCEGGForImageClassification if for_images else SCEGGModel
+    return model_class.from_pretrained(folder, use_safetensors=True)
+
+
+def load_image_processor(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                         token: str | None = None) -> SCEGGImageProcessor:
+    """The checkpoint's image processor; checkpoints saved before it existed get the standard one
+    (448 crops), which is what their region features were made with."""
+    folder = local_model_folder(name_or_path, revision=revision, token=token)
+    if not (folder / "preprocessor_config.json").is_file():
+        return SCEGGImageProcessor()
+    return SCEGGImageProcessor.from_pretrained(folder)
 
 
 def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "model") -> BaseException:
@@ -321,7 +338,7 @@ def push_model(
     readme = folder / "README.md"
     card_text = readme.read_text(encoding="utf-8")
     if f'"{REPO_PLACEHOLDER}"' in card_text:
-        _atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
+        atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
@@ -364,11 +381,8 @@ def model_files_to_push(folder: Path) -> list[str]:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        temporary = Path(handle.name)
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def push_feature_dataset(
@@ -466,7 +480,9 @@ __all__ = [
     "check_safetensors_only",
     "dataset_files_to_push",
     "explain_offline_error",
+    "load_image_processor",
     "load_model",
+    "local_model_folder",
     "model_files_to_push",
     "push_feature_dataset",
     "push_model",

@@ -14,6 +14,35 @@ model, so a checkpoint restored with `from_pretrained` predicts at once. The sta
 lives outside this file (it calls the loss functions below, which name the paper's equations);
 this file depends only on torch, transformers and its sibling configuration file so it can travel
 to the Hub as remote code.
+
+Where each equation of the paper lives:
+
+====  ===========================================================================================
+Eq.   symbol
+====  ===========================================================================================
+1     `SCEGGLocalEmbeddingNetwork.attribute_attention` (attention over regions) and
+      `.local_features` (h_n = sum_r a_nr r_r)
+2     `SCEGGLocalEmbeddingNetwork.local_embedding` (e_l[n] = h_n^T W_beta v_n)
+3     `SCEGGLocalEmbeddingNetwork.local_class_scores` (p_l)
+4     `SCEGGSemanticCompression` (g = SC(h)); `SCEGGSemanticCompressionEmbeddingNetwork.compress`
+      (the published attribute mean at runtime)
+5     `SCEGGSemanticCompressionEmbeddingNetwork.global_classifier` (p_g = CLS_g(g), stage 1);
+      `SCEGGRegressionHead` is the CLS_g that stage 2 fits and stage 3 is guided by
+6     `local_embedding_cross_entropy_eq6` (L_LCE)
+7     `global_embedding_cross_entropy_eq7` (L_GCE)
+8     `semantic_consistent_regression_loss_eq8` (L_SCR)
+9     `tfvaegan_loss_eq9` (L_VG)
+10    `tfvaegan_vae_loss_eq10` (L_VAE)
+11    `wgan_critic_loss_eq11`, `gradient_penalty_eq11`, `generator_adversarial_loss_eq11` (L_WGAN),
+      with TF-VAEGAN's `adapt_gradient_penalty_weight`
+12    `attribute_reconstruction_loss_eq12` (L_Rec)
+13    `embedding_guided_synthesis_loss_eq13` (L_EGS)
+14    `synthetic_seen_cross_entropy_eq14` (L_SCE)
+15    `synthetic_unseen_cross_entropy_eq15` (L_UCE)
+16    `stage1_loss_eq16` (L_S1)
+17    `stage2_loss_eq17` (L_S2)
+18    `stage3_loss_eq18` (L_S3)
+====  ===========================================================================================
 """
 from __future__ import annotations
 
@@ -26,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
 from transformers.utils import ModelOutput
 
 from .configuration_scegg import SCEGGConfig
@@ -39,6 +69,7 @@ class SCEGGOutput(ModelOutput):
     """Predictions of SC-EGG for a batch of images.
 
     Args:
+        loss: the cross entropy of `logits` against `labels` (GZSL, all classes), when labels are given.
         logits: (B, C) GZSL scores over all classes, in class-id order (calibrated by
             `config.seen_score_offset`).
         czsl_logits: (B, Cu) CZSL scores over the unseen classes, in `config.unseen_class_ids` order.
@@ -47,6 +78,7 @@ class SCEGGOutput(ModelOutput):
         attentions: (B, A, R) attribute attention over regions, with `output_attentions=True`.
     """
 
+    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     czsl_logits: torch.FloatTensor | None = None
     dense_features: torch.FloatTensor | None = None
@@ -490,9 +522,19 @@ def embedding_guided_synthesis_loss_eq13(
 ) -> torch.Tensor:
     """L_EGS (Eq. 13) = lambda_s L_SCE (Eq. 14) + lambda_u L_UCE (Eq. 15): the frozen CLS_g must
     recognise synthetic seen and unseen features among all classes."""
-    sce = F.cross_entropy(seen_scores, seen_labels)
-    uce = F.cross_entropy(unseen_scores, unseen_labels)
-    return lambda_s * sce + lambda_u * uce
+    return (lambda_s * synthetic_seen_cross_entropy_eq14(seen_scores, seen_labels)
+            + lambda_u * synthetic_unseen_cross_entropy_eq15(unseen_scores, unseen_labels))
+
+
+def synthetic_seen_cross_entropy_eq14(seen_scores: torch.Tensor, seen_labels: torch.Tensor) -> torch.Tensor:
+    """L_SCE (Eq. 14): cross entropy of CLS_g on synthetic seen features, softmax over all classes."""
+    return F.cross_entropy(seen_scores, seen_labels)
+
+
+def synthetic_unseen_cross_entropy_eq15(unseen_scores: torch.Tensor, unseen_labels: torch.Tensor) -> torch.Tensor:
+    """L_UCE (Eq. 15): the same for synthetic features of unseen classes, which have no real
+    images: the only signal that ties their synthesis to what CLS_g learnt from the LEN."""
+    return F.cross_entropy(unseen_scores, unseen_labels)
 
 
 def stage1_loss_eq16(
@@ -510,6 +552,11 @@ def stage1_loss_eq16(
     return loss
 
 
+def stage2_loss_eq17(global_scores: torch.Tensor, local_scores: torch.Tensor, reduction: str = "mse") -> torch.Tensor:
+    """L_S2 (Eq. 17) = L_SCR: stage 2 trains only the regression head, against the frozen LEN."""
+    return semantic_consistent_regression_loss_eq8(global_scores, local_scores, reduction)
+
+
 def stage3_loss_eq18(tfvaegan_loss: torch.Tensor, synthesis_loss: torch.Tensor) -> torch.Tensor:
     """L_S3 (Eq. 18) = L_VG + L_EGS, the generator-side objective of stage 3."""
     return tfvaegan_loss + synthesis_loss
@@ -522,6 +569,21 @@ class SCEGGPreTrainedModel(PreTrainedModel):
     config_class = SCEGGConfig
     base_model_prefix = "scegg"
     main_input_name = "region_features"
+    # a checkpoint with an embedded backbone still loads as SCEGGModel, which reads region features
+    _keys_to_ignore_on_load_unexpected = [r"^backbone\."]
+    # checkpoints saved before the refit statistics existed load with none (add_classes then says so)
+    _keys_to_ignore_on_load_missing = [r"^seen_feature_(mean|std|count)$"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; once the classes are registered for remote code, the
+        saved auto_map names both: AutoModel (region features in) and AutoModelForImageClassification
+        (pictures in), whichever of the two is saved."""
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    "AutoModel": f"{module}.SCEGGModel",
+                                    "AutoModelForImageClassification": f"{module}.SCEGGForImageClassification"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Each network gets the init of the code it follows: torch's default for the SCEN heads,
@@ -544,6 +606,8 @@ class SCEGGPreTrainedModel(PreTrainedModel):
             init.ones_(module.feature_max)
         elif isinstance(module, SCEGGModel):
             init.zeros_(module.class_attributes)
+            for name in ("seen_feature_mean", "seen_feature_std", "seen_feature_count"):
+                init.zeros_(getattr(module, name))
 
 
 class SCEGGModel(SCEGGPreTrainedModel):
@@ -551,7 +615,8 @@ class SCEGGModel(SCEGGPreTrainedModel):
 
     Class semantics (attribute matrix, word vectors) are persistent buffers, class names live in
     `config.id2label`, and the min-max scaler is part of the SCEN, so a saved checkpoint alone
-    restores a model that predicts.
+    restores a model that predicts. Per-class statistics of the real seen dense features (mean,
+    std, count) are kept too, so `add_classes` can refit the classifiers without the training data.
     """
 
     def __init__(self, config: SCEGGConfig):
@@ -561,7 +626,16 @@ class SCEGGModel(SCEGGPreTrainedModel):
         self.gzsl_classifier = SCEGGLinearClassifier(config.classifier_input_dim, config.num_classes)
         self.czsl_classifier = SCEGGLinearClassifier(config.classifier_input_dim, config.num_unseen_classes)
         self.register_buffer("class_attributes", torch.zeros(config.num_classes, config.num_attributes))
+        num_seen = config.num_seen_classes
+        self.register_buffer("seen_feature_mean", torch.zeros(num_seen, config.feature_dim))
+        self.register_buffer("seen_feature_std", torch.zeros(num_seen, config.feature_dim))
+        self.register_buffer("seen_feature_count", torch.zeros(num_seen, dtype=torch.long))
+        self._init_backbone(config)
         self.post_init()
+
+    def _init_backbone(self, config: SCEGGConfig) -> None:
+        """SCEGGModel reads region features; SCEGGForImageClassification adds its ResNet here,
+        before `post_init` collects the sub-models' loading rules."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -709,6 +783,221 @@ class SCEGGModel(SCEGGPreTrainedModel):
         return features, labels
 
 
+    # -- new classes after training ----------------------------------------------------------------
+    @torch.no_grad()
+    def record_refit_data(self, features: torch.Tensor, labels: torch.Tensor, num_synthetic: int,
+                          epochs: Sequence[int], lr: float) -> None:
+        """Keep what `add_classes` needs to refit the final classifiers without the training data:
+        the mean, std and count of the scaled real dense features (N, D) of every seen class, and
+        the classifier recipe of training (synthetic features per class, GZSL / CZSL epochs, lr)."""
+        features = features.to(self.seen_feature_mean)
+        labels = torch.as_tensor(labels, device=features.device)
+        for row, class_id in enumerate(self.config.seen_class_ids):
+            own = features[labels == class_id]
+            if not len(own):
+                raise ValueError(f"no real features of seen class {class_id} ({self.config.id2label[class_id]})")
+            self.seen_feature_mean[row] = own.mean(0)
+            self.seen_feature_std[row] = own.std(0, unbiased=False)
+            self.seen_feature_count[row] = len(own)
+        self.config.refit_num_synthetic, self.config.refit_lr = int(num_synthetic), float(lr)
+        self.config.refit_epochs = [int(e) for e in epochs]
+
+    def add_classes(
+        self,
+        names: Sequence[str],
+        attributes: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Add classes nobody labelled, from their attributes (n, A) in the dataset's attribute space
+        (rows are L2-normalised, as at training): they become unseen classes with the next ids,
+        the generator synthesises their features, and both final classifiers are refit
+        (`refit_classifiers`). The SCEN and the EGGN are not retrained. Returns the new ids."""
+        attributes = self._new_class_attributes(names, attributes)
+        config, first = self.config, self.config.num_classes
+        new_ids = list(range(first, first + len(names)))
+        self._extend_class_heads(attributes)
+        config.num_classes = first + len(names)
+        config.unseen_class_ids = list(config.unseen_class_ids) + new_ids
+        config.id2label = {**{int(k): v for k, v in config.id2label.items()}, **dict(zip(new_ids, names))}
+        config.label2id = {name: class_id for class_id, name in config.id2label.items()}
+        self.refit_classifiers(generator)
+        return new_ids
+
+    def _new_class_attributes(self, names: Sequence[str], attributes) -> torch.Tensor:
+        if not self.has_refit_data:
+            raise ValueError("this checkpoint stores no statistics of the real seen features (it was saved before "
+                             "they were recorded): retrain it to add classes")
+        existing = set(self.config.id2label.values())
+        clash = sorted({n for n in names if n in existing} | {n for n in names if list(names).count(n) > 1})
+        if not names or clash:
+            raise ValueError(f"new class names must be new and distinct, got {list(names)[:8]} (clashing: {clash[:8]})")
+        cfg = self.config
+        rows = _checked_matrix("attributes", attributes, self.class_attributes.dtype,
+                               ("new classes", len(names)), ("num_attributes", cfg.num_attributes))
+        zero = (rows.norm(dim=-1) == 0).nonzero().flatten().tolist()
+        if zero:
+            raise ValueError(f"new classes {[names[i] for i in zero]} have all-zero attributes")
+        return F.normalize(rows, dim=-1).to(self.class_attributes.device)
+
+    @torch.no_grad()
+    def _extend_class_heads(self, new_attributes: torch.Tensor) -> None:
+        """Every tensor with a row per class grows: the attribute matrix, and the SCEN's CLS_g and
+        regression heads, whose new rows follow the classes' attributes (see
+        `extend_rows_through_attributes`). The final classifiers are rebuilt by the refit."""
+        old_attributes = self.class_attributes
+        scen = self.scen
+        scen.global_classifier = extend_rows_through_attributes(scen.global_classifier, old_attributes, new_attributes)
+        scen.regression_head.net[2] = extend_rows_through_attributes(scen.regression_head.net[2], old_attributes,
+                                                                     new_attributes)
+        self.class_attributes = torch.cat([old_attributes, new_attributes])
+
+    def refit_classifiers(self, generator: torch.Generator | None = None) -> None:
+        """Retrain both final classifiers from scratch, as the last training stage does, without
+        the training data: real seen features are drawn from the recorded per-class statistics
+        (as many per class as training had, clipped to the scaler's [0, 1]), synthetic ones come
+        from the generator (`refit_num_synthetic` per unseen class)."""
+        cfg, device = self.config, self.class_attributes.device
+        with torch.no_grad():
+            counts = self.seen_feature_count.tolist()
+            rows = torch.arange(len(counts), device=device).repeat_interleave(self.seen_feature_count.to(device))
+            noise = _random(torch.randn, (len(rows), cfg.feature_dim), self.seen_feature_mean, generator)
+            seen_x = (self.seen_feature_mean[rows] + self.seen_feature_std[rows] * noise).clamp(0.0, 1.0)
+            seen_y = self.seen_class_ids[rows]
+            syn_x, syn_y = self.synthesize(cfg.unseen_class_ids, cfg.refit_num_synthetic, generator=generator)
+            gzsl_x = self._classifier_inputs(torch.cat([seen_x, syn_x]))
+            czsl_x = self._classifier_inputs(syn_x)
+        unseen = self.unseen_class_ids
+        if not torch.equal(unseen, unseen.sort().values):
+            raise ValueError(f"config.unseen_class_ids must be sorted, got {unseen.tolist()[:10]}")
+        gzsl_epochs, czsl_epochs = cfg.refit_epochs
+        self.gzsl_classifier = self._new_classifier(cfg.num_classes)
+        self.czsl_classifier = self._new_classifier(cfg.num_unseen_classes)
+        fit_linear_classifier(self.gzsl_classifier, gzsl_x, torch.cat([seen_y, syn_y]), gzsl_epochs, cfg.refit_lr,
+                              cfg.refit_num_synthetic, generator)
+        fit_linear_classifier(self.czsl_classifier, czsl_x, torch.searchsorted(unseen, syn_y), czsl_epochs,
+                              cfg.refit_lr, cfg.refit_num_synthetic, generator)
+
+    @property
+    def has_refit_data(self) -> bool:
+        return bool(self.seen_feature_count.sum() > 0)
+
+    def _classifier_inputs(self, dense: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        return torch.cat([self.classifier_features(dense[i:i + chunk]) for i in range(0, len(dense), chunk)])
+
+    def _new_classifier(self, num_classes: int) -> SCEGGLinearClassifier:
+        classifier = SCEGGLinearClassifier(self.config.classifier_input_dim, num_classes)
+        self._init_weights(classifier.fc)
+        return classifier.to(self.class_attributes)
+
+
+@torch.no_grad()
+def extend_rows_through_attributes(layer: nn.Linear, old_attributes: torch.Tensor, new_attributes: torch.Tensor) -> nn.Linear:
+    """A class-score layer (C outputs) with rows for new classes: each trained row (weights and
+    bias) is fitted, by least squares, as one linear function of its class's attribute vector,
+    and a new class gets that function of its own attributes. The stage-2 head regresses the
+    local scores p_l = e_l . a(y) (Eq. 3), which are linear in the class attributes, so this is
+    the row it would have learnt; the trained rows stay as they were."""
+    rows = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
+    mapping = torch.linalg.lstsq(old_attributes.double(), rows.double()).solution
+    new_rows = (new_attributes.double() @ mapping).to(rows.dtype)
+    grown = nn.Linear(layer.in_features, layer.out_features + len(new_attributes)).to(rows)
+    grown.weight.copy_(torch.cat([layer.weight, new_rows[:, :-1]]))
+    grown.bias.copy_(torch.cat([layer.bias, new_rows[:, -1]]))
+    return grown
+
+
+def fit_linear_classifier(
+    classifier: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> None:
+    """TF-VAEGAN's final-classifier recipe on one process: Adam (betas 0.5, 0.999) on shuffled
+    mini-batches of cross entropy, for a fixed number of epochs."""
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=(0.5, 0.999))
+    classifier.train()
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = _random(torch.rand, (len(inputs),), inputs, generator).argsort()
+            for start in range(0, len(inputs), batch_size):
+                batch = order[start:start + batch_size]
+                loss = F.cross_entropy(classifier(inputs[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    classifier.eval()
+
+
+class SCEGGForImageClassification(SCEGGModel):
+    """SC-EGG on pictures: the ResNet region backbone described by `config.backbone_config` turns
+    `pixel_values` into the (B, R, D) region features the model was trained on, then the SCEN and
+    the classifiers of SCEGGModel run on them. Region features stay an accepted input (training
+    and evaluation keep their cached fast path); the backbone's weights live in the same
+    checkpoint under `backbone.`."""
+
+    main_input_name = "pixel_values"
+
+    def _init_backbone(self, config: SCEGGConfig) -> None:
+        self.backbone = load_backbone(config) if config.backbone_config is not None else None
+        if self.backbone is not None and self.backbone.channels[-1] != config.feature_dim:
+            raise ValueError(f"the backbone's last stage has {self.backbone.channels[-1]} channels but the model "
+                             f"reads region features of feature_dim={config.feature_dim}")
+
+    def pixel_region_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, R, D): the last backbone stage's map, regions row-major over
+        it, exactly as region features are extracted and stored for training."""
+        if self.backbone is None:
+            raise ValueError(
+                "this checkpoint has no region backbone (config.backbone_config is None): it classifies region "
+                "features. Embed the backbone its features came from with `scegg attach-backbone MODEL WEIGHTS "
+                "--output DIR`, or pass region_features"
+            )
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a tensor of shape (batch, 3, height, width), got {shape}")
+        dtype = next(self.backbone.parameters()).dtype
+        feature_map = self.backbone(pixel_values.to(dtype)).feature_maps[-1]
+        regions = feature_map.flatten(2).transpose(1, 2)
+        if regions.shape[1] != self.config.num_regions:
+            raise ValueError(
+                f"pixel_values of shape {tuple(pixel_values.shape)} give a {feature_map.shape[2]} x {feature_map.shape[3]} "
+                f"map = {regions.shape[1]} regions, but the model was trained on num_regions={self.config.num_regions}: "
+                f"preprocess images with the model's own image processor (AutoImageProcessor)"
+            )
+        return regions
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+    ) -> SCEGGOutput | tuple[torch.Tensor, ...]:
+        """Classify images from `pixel_values` (B, 3, H, W) or their `region_features` (B, R, D);
+        `labels` (B,) class ids add the GZSL cross entropy as `loss`."""
+        if (pixel_values is None) == (region_features is None):
+            raise ValueError("pass exactly one of pixel_values (B, 3, H, W) and region_features (B, R, D)")
+        if pixel_values is not None:
+            region_features = self.pixel_region_features(pixel_values)
+        output = super().forward(region_features, output_attentions=output_attentions, return_dict=True)
+        if labels is not None:
+            output = SCEGGOutput(loss=gzsl_cross_entropy(output.logits, labels), **output)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+def gzsl_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The final GZSL classifier's objective (cross entropy over all classes), for labelled images."""
+    labels = torch.as_tensor(labels, device=logits.device).long().flatten()
+    if labels.shape[0] != logits.shape[0] or ((labels < 0) | (labels >= logits.shape[-1])).any():
+        raise ValueError(f"labels must be {logits.shape[0]} class ids in [0, {logits.shape[-1]}), got {labels.tolist()[:8]}")
+    return F.cross_entropy(logits, labels)
+
+
 _SIZE_FIELDS = ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
                 "num_unseen_classes", "classifier_input_dim", "resolved_sc_hidden_dim",
                 "regression_hidden_dim", "resolved_latent_dim", "encoder_hidden_dim",
@@ -743,6 +1032,7 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 __all__ = [
+    "SCEGGForImageClassification",
     "SCEGGModel",
     "SCEGGOutput",
     "SCEGGPreTrainedModel",
@@ -759,6 +1049,12 @@ __all__ = [
     "adapt_gradient_penalty_weight",
     "attribute_reconstruction_loss_eq12",
     "embedding_guided_synthesis_loss_eq13",
+    "extend_rows_through_attributes",
+    "fit_linear_classifier",
+    "gzsl_cross_entropy",
     "stage1_loss_eq16",
+    "stage2_loss_eq17",
     "stage3_loss_eq18",
+    "synthetic_seen_cross_entropy_eq14",
+    "synthetic_unseen_cross_entropy_eq15",
 ]

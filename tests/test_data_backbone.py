@@ -355,6 +355,14 @@ def test_unknown_autocast_is_refused():
 
 
 def test_random_resnet101_gives_196_regions_of_2048_at_448():
-    torch.manual_seed(0)
-    features = RegionFeatureExtractor(build_resnet101(), device="cpu")(_images(1))
+    features = RegionFeatureExtractor(build_resnet101("random"), device="cpu")(_images(1))
     assert features.regions.shape == (1, 196, 2048)
+
+
+def test_random_weights_only_when_asked_for_and_reproducible(caplog):
+    with pytest.raises(ValueError, match="no backbone weights given.*'random'"):
+        build_resnet101(None)
+    with caplog.at_level("WARNING"):
+        first, second = build_resnet101("random"), build_resnet101("random")
+    assert "RANDOM ResNet-101" in caplog.text
+    assert model_fingerprint(first) == model_fingerprint(second)

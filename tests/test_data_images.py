@@ -290,3 +290,8 @@ def test_dataloader_workers_give_the_same_features(folder):
     np.testing.assert_array_equal(
         column(parallel.splits["train"], "region_features"), column(serial.splits["train"], "region_features")
     )
+
+
+def test_no_backbone_weights_is_an_error_not_a_random_network(folder):
+    with pytest.raises(ValueError, match="no backbone weights given"):
+        run(folder, backbone_weights=None)

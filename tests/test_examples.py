@@ -1,4 +1,5 @@
-"""examples/predict.py end to end: images -> ResNet-101 regions -> a saved CUB-sized model."""
+"""examples/predict.py end to end: pictures -> ResNet-101 regions -> a saved CUB-sized model."""
+import json
 import subprocess
 import sys
 
@@ -18,9 +19,12 @@ def test_predict_example_classifies_images(tmp_path):
     model.save_pretrained(tmp_path / "model")
     image = tmp_path / "bird.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(image)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "predict.py"), str(tmp_path / "model"),
-                             "--images", str(image), "--top_k", "3"],
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(REPO_ROOT / "examples" / "predict.py"), str(tmp_path / "model"), str(image),
+               "--top_k", "3"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "no region backbone" in refused.stderr, "a random backbone must be asked for"
+    result = subprocess.run(command + ["--image_backbone", "random"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = result.stdout.strip().splitlines()[-1]
-    assert line.startswith(str(image)) and line.count("class_") == 3
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["file"] == str(image) and row["error"] == ""
+    assert [p["label"][:6] for p in row["predictions"]] == ["class_"] * 3

@@ -53,8 +53,8 @@ def _card(folder: Path, repo_id: str | None = "alice/sc-egg-tiny", **overrides) 
 
 
 def _usage_snippet(card_text: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", card_text, flags=re.S)
-    assert len(blocks) == 1, f"expected one python block in the card, found {len(blocks)}"
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", card_text, flags=re.S) if "AutoModel" in b]
+    assert len(blocks) == 1, f"expected one region-feature python block in the card, found {len(blocks)}"
     return blocks[0]
 
 
@@ -67,7 +67,7 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     card = ModelCard.load(folder / "README.md")
     data = card.data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag == "zero-shot-image-classification"
+    assert data.pipeline_tag is None, "a model without backbone runs on region features, not on pictures"
     assert data.license == "apache-2.0"
     assert {"custom_code", "zero-shot-learning", "sc-egg", "generalized-zero-shot-learning"} <= set(data.tags)
     assert data.model_name == "sc-egg-tiny"
@@ -89,6 +89,14 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     assert f"| {published['gzsl_h']:.2f} |" in text and f"| {RESULTS['czsl_acc']:.2f} |" in text
     assert "pages     = {956--963}" in text and "IJCAI-22" in text
     assert f"`(batch, {tiny_model.config.num_regions}, {tiny_model.config.feature_dim})`" in text
+
+
+def test_model_card_of_a_model_with_backbone_names_the_task_it_runs(tiny_image_model, tmp_path):
+    folder = _save_model(tiny_image_model, tmp_path / "out")
+    card = _card(folder)
+    assert card.data.pipeline_tag == "image-classification"
+    assert 'pipeline("image-classification", model="alice/sc-egg-tiny", trust_remote_code=True)' in card.text
+    assert "czsl=True" in card.text and "carries its ResNet region backbone" in card.text
 
 
 def test_model_card_labels_test_selected_numbers(tiny_model, tmp_path):
@@ -146,8 +154,8 @@ def test_push_refuses_pickles_and_incomplete_folders(tiny_model, tmp_path):
     (folder / "pytorch_model.bin").unlink()
     (folder / "modeling_scegg.py").unlink()
     files = model_files_to_push(folder)
-    assert files == ["README.md", "config.json", "configuration_scegg.py", "model.safetensors",
-                     "modeling_scegg.py", "results.json"]
+    assert files == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
+                     "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
     packaged = REPO_ROOT / "modeling_scegg" / "modeling_scegg.py"
     assert (folder / "modeling_scegg.py").read_text() == packaged.read_text()
 
@@ -297,8 +305,8 @@ def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model,
     assert pushed["same"] and all(pushed["same"].values()), pushed["same"]
     model_repo = hub_endpoint.repos[("model", "alice/sc-egg-tiny")]
     assert sorted(model_repo.commits[model_repo.branches["main"]].files) == [
-        ".gitattributes", "README.md", "config.json", "configuration_scegg.py", "model.safetensors",
-        "modeling_scegg.py", "results.json"]
+        ".gitattributes", "README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
+        "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
 
     pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pull", with_package=False,
                         tolerated_hosts=(DATASET_VIEWER_HOST,))

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO_ROOT, tiny_config_kwargs
-from modeling_scegg import SCEGGConfig, SCEGGModel
+from conftest import REPO_ROOT, TINY_CROP, tiny_config_kwargs
+from modeling_scegg import SCEGGConfig, SCEGGForImageClassification, SCEGGModel
 from modeling_scegg import modeling_scegg as mm
 
 
@@ -319,15 +319,18 @@ def test_save_and_load_are_bit_identical(tiny_model, tmp_path):
 
 
 def test_auto_classes_and_auto_map(tiny_model, tmp_path):
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_scegg.SCEGGConfig",
-                                  "AutoModel": "modeling_scegg.SCEGGModel"}
+                                  "AutoModel": "modeling_scegg.SCEGGModel",
+                                  "AutoModelForImageClassification": "modeling_scegg.SCEGGForImageClassification"}
     assert {"configuration_scegg.py", "modeling_scegg.py"} <= {p.name for p in tmp_path.iterdir()}
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SCEGGConfig)
-    assert isinstance(AutoModel.from_pretrained(tmp_path), SCEGGModel)
+    assert type(AutoModel.from_pretrained(tmp_path)) is SCEGGModel
+    image_model = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert type(image_model) is SCEGGForImageClassification and image_model.backbone is None
 
 
 def test_checkpoint_for_other_sizes_is_rejected(tiny_model, tmp_path):
@@ -411,3 +414,186 @@ def test_seen_score_offset_calibrates_gzsl_logits(tiny_model):
     torch.testing.assert_close(shifted.logits[:, seen], plain.logits[:, seen] - 2.5)
     torch.testing.assert_close(shifted.logits[:, unseen], plain.logits[:, unseen])
     torch.testing.assert_close(shifted.czsl_logits, plain.czsl_logits)
+
+
+# -- SCEGGForImageClassification: pixels in ----------------------------------------------------------------
+def _pixels(batch=2, size=TINY_CROP, seed=3):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_pixels_go_through_the_backbone_as_row_major_regions(tiny_image_model):
+    pixels = _pixels()
+    with torch.no_grad():
+        feature_map = tiny_image_model.backbone(pixels).feature_maps[-1]
+        regions = feature_map.flatten(2).transpose(1, 2)
+        from_pixels = tiny_image_model(pixel_values=pixels, output_attentions=True)
+        from_regions = tiny_image_model(region_features=regions, output_attentions=True)
+    assert feature_map.shape == (2, 12, 2, 2)
+    torch.testing.assert_close(regions[:, 1], feature_map[:, :, 0, 1])  # region r = h * W + w
+    for key in ("logits", "czsl_logits", "dense_features", "attentions"):
+        assert torch.equal(from_pixels[key], from_regions[key]), key
+    assert from_pixels.logits.shape == (2, 6) and from_pixels.loss is None
+
+
+def test_labels_give_the_gzsl_cross_entropy(tiny_image_model):
+    labels = torch.tensor([4, 0])
+    out = tiny_image_model(pixel_values=_pixels(), labels=labels)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    out.loss.backward()
+    assert tiny_image_model.gzsl_classifier.fc.weight.grad is not None
+    assert tiny_image_model(pixel_values=_pixels(), labels=labels, return_dict=False)[0].dim() == 0
+    with pytest.raises(ValueError, match=r"labels must be 2 class ids in \[0, 6\)"):
+        tiny_image_model(pixel_values=_pixels(), labels=torch.tensor([6, 0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "exactly one of pixel_values"),
+    (dict(pixel_values=_pixels(), region_features=torch.rand(2, 4, 12)), "exactly one of pixel_values"),
+    (dict(pixel_values=torch.rand(2, 64, 64)), r"pixel_values must be a tensor of shape \(batch, 3, height, width\)"),
+    (dict(pixel_values=_pixels(size=96)), r"3 x 3 map = 9 regions, but the model was trained on num_regions=4.*image processor"),
+])
+def test_bad_image_inputs_say_what_is_expected(tiny_image_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_image_model(**kwargs)
+
+
+def test_a_model_without_backbone_points_to_attach_backbone(tiny_model):
+    image_model = SCEGGForImageClassification(tiny_model.config)
+    image_model.load_state_dict(tiny_model.state_dict())
+    with pytest.raises(ValueError, match="no region backbone.*scegg attach-backbone MODEL WEIGHTS"):
+        image_model(pixel_values=_pixels())
+    with torch.no_grad():
+        assert torch.equal(image_model(region_features=_regions()).logits, tiny_model(_regions()).logits)
+
+
+def test_backbone_of_other_width_is_refused():
+    from transformers import ResNetConfig
+
+    from conftest import TINY_BACKBONE
+
+    backbone = ResNetConfig(**TINY_BACKBONE, out_features=["stage4"])
+    with pytest.raises(ValueError, match="12 channels but the model reads region features of feature_dim=10"):
+        SCEGGForImageClassification(SCEGGConfig(**tiny_config_kwargs(num_regions=4, feature_dim=10, backbone_config=backbone)))
+
+
+def test_backbone_travels_in_the_same_checkpoint_and_old_classes_still_load(tiny_image_model, tmp_path):
+    from safetensors import safe_open
+
+    tiny_image_model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["model.safetensors"]
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        keys = set(handle.keys())
+    assert "backbone.embedder.embedder.convolution.weight" in keys and "scen.feature_max" in keys
+    assert json.loads((tmp_path / "config.json").read_text())["backbone_config"]["out_features"] == ["stage4"]
+    loaded = SCEGGForImageClassification.from_pretrained(tmp_path).eval()
+    pixels = _pixels()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).logits, tiny_image_model(pixel_values=pixels).logits)
+        regions = tiny_image_model.pixel_region_features(pixels)
+        as_base = SCEGGModel.from_pretrained(tmp_path).eval()  # region features only; the backbone is skipped
+        assert type(as_base) is SCEGGModel and not hasattr(as_base, "backbone")
+        assert torch.equal(as_base(regions).logits, tiny_image_model(region_features=regions).logits)
+
+
+def test_a_checkpoint_missing_its_backbone_weights_is_rejected(tiny_image_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_image_model.save_pretrained(tmp_path)
+    weights = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if not k.startswith("backbone.")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks \d+ tensors of SCEGGModel, e.g. \['backbone\."):
+        SCEGGForImageClassification.from_pretrained(tmp_path)
+
+
+# -- new classes after training -----------------------------------------------------------------------------
+def _with_refit_data(model):
+    features = torch.rand(40, 12, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 2, 3, 5] * 10)
+    model.record_refit_data(features, labels, num_synthetic=8, epochs=[3, 2], lr=1e-2)
+    return model, features, labels
+
+
+def test_refit_data_are_per_class_statistics_and_the_recipe(tiny_model):
+    assert not tiny_model.has_refit_data
+    model, features, labels = _with_refit_data(tiny_model)
+    torch.testing.assert_close(model.seen_feature_mean[1], features[labels == 2].mean(0))
+    torch.testing.assert_close(model.seen_feature_std[3], features[labels == 5].std(0, unbiased=False))
+    assert model.seen_feature_count.tolist() == [10, 10, 10, 10] and model.has_refit_data
+    assert (model.config.refit_num_synthetic, model.config.refit_epochs, model.config.refit_lr) == (8, [3, 2], 1e-2)
+
+
+def test_add_classes_grows_every_tensor_with_a_row_per_class(tiny_model, tmp_path):
+    model, _, _ = _with_refit_data(tiny_model)
+    old_global = model.scen.global_classifier.weight.clone()
+    old_regression = model.scen.regression_head.net[2].weight.clone()
+    new_ids = model.add_classes(["bird_new_a", "bird_new_b"], torch.rand(2, 7) * 100,
+                                generator=torch.Generator().manual_seed(0))
+    assert new_ids == [6, 7]
+    config = model.config
+    assert config.num_classes == 8 and config.unseen_class_ids == [1, 4, 6, 7]
+    assert config.id2label[7] == "bird_new_b" and config.label2id["bird_new_a"] == 6
+    assert model.class_attributes.shape == (8, 7)
+    torch.testing.assert_close(model.class_attributes[6:].norm(dim=-1), torch.ones(2))  # normalised as at training
+    assert model.scen.global_classifier.out_features == 8 and model.scen.regression_head.net[2].out_features == 8
+    assert torch.equal(model.scen.global_classifier.weight[:6], old_global)
+    assert torch.equal(model.scen.regression_head.net[2].weight[:6], old_regression)
+    out = model(_regions())
+    assert out.logits.shape == (3, 8) and out.czsl_logits.shape == (3, 4) and out.local_scores.shape == (3, 8)
+    model.save_pretrained(tmp_path)
+    loaded = SCEGGModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(_regions()).logits, out.logits)
+    assert loaded.config.id2label[6] == "bird_new_a" and loaded.has_refit_data
+
+
+def test_new_head_rows_follow_the_attributes():
+    attributes = F.normalize(torch.rand(6, 4), dim=-1)
+    mapping = torch.randn(4, 10)  # a head whose rows (weights and bias) are linear in the attributes
+    layer = torch.nn.Linear(9, 6)
+    with torch.no_grad():
+        layer.weight.copy_((attributes @ mapping)[:, :9])
+        layer.bias.copy_((attributes @ mapping)[:, 9])
+    new = F.normalize(torch.rand(2, 4), dim=-1)
+    grown = mm.extend_rows_through_attributes(layer, attributes, new)
+    torch.testing.assert_close(grown.weight[6:], (new @ mapping)[:, :9], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grown.bias[6:], (new @ mapping)[:, 9], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("names, attributes, message", [
+    (["bird_0"], torch.rand(1, 7), "must be new and distinct"),
+    (["x", "x"], torch.rand(2, 7), "must be new and distinct"),
+    (["x"], torch.rand(1, 6), r"attributes must have shape \(new classes, num_attributes\) = \(1, 7\)"),
+    (["x"], torch.zeros(1, 7), r"new classes \['x'\] have all-zero attributes"),
+])
+def test_bad_new_classes_are_refused(tiny_model, names, attributes, message):
+    model, _, _ = _with_refit_data(tiny_model)
+    with pytest.raises(ValueError, match=message):
+        model.add_classes(names, attributes)
+    assert model.config.num_classes == 6 and model.class_attributes.shape == (6, 7)
+
+
+def test_checkpoints_without_refit_data_still_load_and_say_why_they_cannot_add(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _, _ = _with_refit_data(tiny_model)
+    model.save_pretrained(tmp_path)
+    weights = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if not k.startswith("seen_feature_")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})  # as saved before they existed
+    old = SCEGGModel.from_pretrained(tmp_path)
+    assert not old.has_refit_data and old.seen_feature_mean.abs().sum() == 0
+    with pytest.raises(ValueError, match="stores no statistics of the real seen features"):
+        old.add_classes(["x"], torch.rand(1, 7))
+
+
+def test_equations_13_to_15_and_17_have_their_own_symbols():
+    """L_EGS is lambda_s L_SCE + lambda_u L_UCE; L_S2 is L_SCR; the module docstring indexes every equation."""
+    scores_s, scores_u = torch.randn(4, 6), torch.randn(4, 6)
+    labels_s, labels_u = torch.tensor([0, 2, 3, 5]), torch.tensor([1, 4, 4, 1])
+    sce = mm.synthetic_seen_cross_entropy_eq14(scores_s, labels_s)
+    uce = mm.synthetic_unseen_cross_entropy_eq15(scores_u, labels_u)
+    torch.testing.assert_close(sce, F.cross_entropy(scores_s, labels_s))
+    torch.testing.assert_close(mm.embedding_guided_synthesis_loss_eq13(scores_s, labels_s, scores_u, labels_u, 0.3, 0.7),
+                               0.3 * sce + 0.7 * uce)
+    torch.testing.assert_close(mm.stage2_loss_eq17(scores_s, scores_u), F.mse_loss(scores_s, scores_u))
+    for eq in range(1, 19):
+        assert f"\n{eq:<6}" in mm.__doc__, f"Eq. {eq} is not in the module docstring's index"

@@ -11,7 +11,7 @@ def test_defaults_follow_the_published_code():
     args = parse_training_args(["--dataset", "my_data"])
     assert (args.stage1_iters, args.stage2_iters, args.batch_size, args.classifier_epochs) == (2000, 4000, 64, 25)
     assert (args.stage1_optimizer, args.stage2_optimizer, args.stage3_pass_order) == ("rmsprop", "rmsprop", "epoch")
-    assert args.decoder_lr == 1e-4 and not args.published_protocol
+    assert args.decoder_lr == 1e-4 and args.published_protocol == "off" and args.calibration == "auto"
     assert args.model_config_overrides() == {}
 
 
@@ -66,7 +66,8 @@ def test_shipped_presets_parse_and_build_configs(name, variant):
     preset = read_preset(path)
     assert set(preset["sources"]) == set(preset["model"]) | set(preset["training"]), "every value names its source"
     assert all(preset["sources"].values()) and preset["description"]
-    assert args.decoder_lr == 1e-4 and args.stage3_pass_order == "epoch"
+    assert args.decoder_lr == (1e-3 if (name, variant) == ("sun", "published") else 1e-4)  # SUN: chosen on validation
+    assert args.stage3_pass_order == "epoch"
     if variant == "paper":
         assert (config.stage1_classes, config.runtime_compression, config.classifier_input) == ("all", "mlp", "plain")
         assert (args.stage1_optimizer, args.stage2_optimizer, args.stage3_lr) == ("adam", "adam", 1e-4)
@@ -123,3 +124,18 @@ def test_native_bf16_is_false_where_bf16_would_be_emulated(monkeypatch):
     assert not native_bf16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert native_bf16("cpu")
+
+
+def test_help_names_the_command_every_flag_and_the_dataset_defaults(capsys):
+    from dataclasses import fields
+
+    from modeling_scegg.training.arguments import SCEGGTrainingArguments
+
+    assert all(f.metadata.get("help") for f in fields(SCEGGTrainingArguments)), "every flag has help text"
+    with pytest.raises(SystemExit):
+        parse_training_args(["--dataset", "SUN", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: scegg train")
+    assert "{epoch,batch}" in text and "{auto,validation,none}" in text
+    sun = read_preset(DEFAULT_PRESETS["SUN"])["training"]
+    assert f"(default: {sun['syn_num']})" in text and f"(default: {sun['stage3_lr']})" in text

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from modeling_scegg import SCEGGModel
 from modeling_scegg.evaluation import evaluate_model, mean_per_class_accuracy
@@ -29,7 +30,7 @@ def tiny_argv(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
             "--synthetic_overrides", *TINY_DATA, "--model_overrides", *TINY_MODEL,
             "--stage1_iters", "24", "--stage2_iters", "12", "--stage3_epochs", "3",
             "--classifier_epochs", "3", "--syn_num", "20", "--batch_size", "16",
-            "--checkpoint_every", "4", "--eval_batch_size", "32", "--log_with", "none", *extra]
+            "--checkpoint_every", "4", "--eval_batch_size", "32", "--log_with", "none", "--calibration", "none", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def finished_run(tmp_path_factory, cache_dir):
 def test_outputs_of_a_run(finished_run):
     out, results, _ = finished_run
     for name in ("config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+                 "image_processing_scegg.py", "pipeline_scegg.py", "preprocessor_config.json",
                  "README.md", "results.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pkl"))
@@ -203,3 +205,133 @@ def test_standard_layout_with_a_shipped_preset(tmp_path, cache_dir, variant):
         assert (model.config.runtime_compression, model.config.sce_source, model.config.adaptive_gp) == ("mlp", "prior", False)
         assert model.gzsl_classifier.fc.in_features == 10
     assert results["dataset"] == "SUN" and results["num_test_unseen"] == 16
+
+
+CUB_LIKE_ATTRIBUTES = ["has_bill_shape::hooked", "has_wing_color::blue", "has_wing_color::brown",
+                       "has_tail_pattern::striped", "has_size::small_(5_-_9_in)"]
+
+
+def write_image_folder(root: Path, per_class: int = 6) -> tuple[Path, Path]:
+    """Five classes (two unseen) of small random pictures, and their class file with CUB-like
+    attribute names and no word vectors."""
+    rng = np.random.default_rng(0)
+    classes = ["heron", "wren", "finch", "gull", "owl"]
+    rows = ["class_name,is_unseen," + ",".join(CUB_LIKE_ATTRIBUTES)]
+    for index, name in enumerate(classes):
+        (root / "images" / name).mkdir(parents=True)
+        tint = rng.integers(0, 256, 3)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (60 + i, 80, 3))
+            Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8)).save(root / "images" / name / f"{i}.png")
+        values = ",".join(f"{v:.3f}" for v in rng.uniform(0.1, 1.0, len(CUB_LIKE_ATTRIBUTES)))
+        rows.append(f"{name},{int(index >= 3)},{values}")
+    (root / "classes.csv").write_text("\n".join(rows) + "\n")
+    return root / "images", root / "classes.csv"
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_into_a_model_that_classifies_pictures(tmp_path, sentence_encoder):
+    """Pictures in, class names out, with nothing but the output folder: the extraction backbone,
+    the image processor and the pipeline travel with the model, and the attribute names (no word
+    vectors in the data) were embedded by the sentence encoder rather than left at zero."""
+    from transformers import pipeline
+
+    from conftest import tiny_resnet
+    from modeling_scegg import SCEGGForImageClassification
+    from modeling_scegg.data.backbone import backbone_id
+
+    images, classes = write_image_folder(tmp_path)
+    tiny_resnet().save_pretrained(tmp_path / "resnet")
+    argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--dataset", str(images), "--class_attributes_file",
+                     str(classes), "--image_backbone", str(tmp_path / "resnet"), "--attribute_encoder", sentence_encoder)
+    argv = argv[:argv.index("--synthetic_overrides")] + argv[argv.index("--model_overrides"):]
+    run_pipeline(parse_training_args(argv))
+    model = SCEGGForImageClassification.from_pretrained(tmp_path / "out")
+    config = model.config
+    assert model.backbone is not None and config.feature_backbone == backbone_id(tiny_resnet())
+    assert (config.num_regions, config.feature_dim) == (196, 12)  # 448 crops, read from the data
+    assert config.attribute_encoder == sentence_encoder and config.word_dim == 384
+    assert model.scen.local_embedding.word_vectors.abs().sum() > 0
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+    classifier = pipeline("image-classification", model=str(tmp_path / "out"), trust_remote_code=True)
+    gzsl = classifier(str(images / "owl" / "0.png"), top_k=5)
+    assert {r["label"] for r in gzsl} == {"heron", "wren", "finch", "gull", "owl"}
+    assert {r["label"] for r in classifier(str(images / "owl" / "0.png"), czsl=True)} == {"gull", "owl"}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and config.feature_backbone in card
+
+
+def _without_class(data, dropped: int):
+    """The dataset as if class `dropped` had never existed: its images, its attribute row and its
+    name are gone, and the later class ids move down by one."""
+    from datasets import Dataset, DatasetDict
+
+    from modeling_scegg.data import region_feature_features
+    from modeling_scegg.data.semantics import ZSLDataset, build_semantics
+
+    semantics = data.semantics
+    names = [n for i, n in enumerate(semantics.class_names) if i != dropped]
+    features = region_feature_features(data.num_regions, data.feature_dim, names, with_global=True)
+    splits = {}
+    for split, table in data.splits.items():
+        columns = table.with_format("numpy")[:]
+        keep = columns["label"] != dropped
+        labels = columns["label"][keep]
+        splits[split] = Dataset.from_dict({"region_features": columns["region_features"][keep],
+                                           "label": labels - (labels > dropped),
+                                           "global_features": columns["global_features"][keep]}, features=features)
+    remaining = build_semantics(
+        attributes=np.delete(semantics.attributes, dropped, 0), original_attributes=np.delete(semantics.original_attributes, dropped, 0),
+        class_names=names, split_labels={s: np.asarray(t["label"]) for s, t in splits.items()},
+        word_vectors=semantics.word_vectors, attribute_names=semantics.attribute_names, source="without one class")
+    return ZSLDataset("without_one_class", DatasetDict(splits), remaining)
+
+
+@pytest.fixture
+def one_thread():
+    """Stage 3's small networks run several times faster on one thread on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_class_left_out_of_training_is_added_and_recognised(tmp_path, one_thread, capsys):
+    """Train without one unseen class at all, then `scegg add-classes` it from its attributes:
+    its test images are recognised far above chance, among the unseen classes (CZSL) and among
+    all classes (GZSL), the classes that were there keep theirs, and the saved model holds it."""
+    from modeling_scegg.cli import main
+    from modeling_scegg.data import SyntheticConfig, generate_synthetic, save_zsl_dataset_to_hub_layout
+
+    world = SyntheticConfig(num_classes=24, num_unseen=4, num_val=2, num_attributes=12, num_regions=4, feature_dim=64,
+                            word_dim=16, train_images_per_class=40, test_seen_images_per_class=8,
+                            test_unseen_images_per_class=20, noise=0.05, clutter=0.1, attribute_density=0.3, seed=2)
+    full = generate_synthetic(world)
+    dropped = int(full.semantics.unseen_class_ids[-1])
+    save_zsl_dataset_to_hub_layout(_without_class(full, dropped), tmp_path / "layout")
+    argv = ["--dataset", str(tmp_path / "layout"), "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+            "--model_overrides", "encoder_hidden_dim=128", "generator_hidden_dim=128", "critic_hidden_dim=128",
+            "decoder_hidden_dim=128", "regression_hidden_dim=32", "--stage1_iters", "200", "--stage2_iters", "100",
+            "--stage3_epochs", "30", "--stage3_lr", "1e-3", "--classifier_epochs", "10", "--syn_num", "40",
+            "--batch_size", "64", "--checkpoint_every", "1000", "--log_with", "none", "--plots", "false"]
+    run_pipeline(parse_training_args(argv))
+    header = "class_name," + ",".join(full.semantics.attribute_names)
+    row = ",".join([full.semantics.class_names[dropped], *map(str, full.semantics.original_attributes[dropped])])
+    (tmp_path / "new.csv").write_text(f"{header}\n{row}\n")
+    assert main(["add-classes", str(tmp_path / "out"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "added")]) == 0
+    assert f"23 {full.semantics.class_names[dropped]}" in capsys.readouterr().out
+
+    model = SCEGGModel.from_pretrained(tmp_path / "added").eval()
+    config = model.config
+    assert config.num_classes == 24 and config.unseen_class_ids[-1] == 23
+    test = full.splits["test_unseen"].with_format("numpy")[:]
+    with torch.no_grad():
+        output = model(torch.from_numpy(test["region_features"].astype(np.float32)))
+    labels = np.where(test["label"] == dropped, 23, test["label"] - (test["label"] > dropped))
+    czsl = np.asarray(config.unseen_class_ids)[output.czsl_logits.argmax(-1).numpy()]
+    gzsl = output.logits.argmax(-1).numpy()
+    new = labels == 23
+    assert (czsl[new] == 23).mean() >= 0.6, f"CZSL on the added class (chance {1 / config.num_unseen_classes:.2f})"
+    assert (gzsl[new] == 23).mean() >= 0.2, f"GZSL on the added class (chance {1 / config.num_classes:.3f})"
+    assert (czsl[~new] == labels[~new]).mean() >= 0.5, "the classes that were there must keep being recognised"

@@ -76,3 +76,16 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     recomputed = evaluate_model(model, load_data(args), batch_size=16)
     for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
         assert recomputed[key] == pytest.approx(results[key], abs=1e-6), key
+
+
+def test_calibration_auto_calibrates_where_a_validation_view_exists(data):
+    from accelerate import PartialState
+
+    from modeling_scegg.training.pipeline import resolve_calibration
+
+    PartialState()  # the pipeline's logger is Accelerate's
+    without = type(data)(name="x", splits=DatasetDict({k: data.splits[k] for k in ("train", "test_seen", "test_unseen")}),
+                         semantics=data.semantics)
+    assert parse_training_args([]).calibration == "auto"
+    assert resolve_calibration("auto", data) == "validation" and resolve_calibration("auto", without) == "none"
+    assert resolve_calibration("none", data) == "none"

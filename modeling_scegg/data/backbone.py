@@ -7,23 +7,27 @@ to this torch, so the network is transformers' ``ResNetModel`` and torchvision c
 renamed into its layout (:func:`convert_torchvision_resnet_state_dict`); the architectures are the
 same ResNet v1.5 (stride on the 3x3 conv of a bottleneck, ``downsample_in_bottleneck=False``).
 
-Weights sources accepted by :func:`build_resnet101`:
+Weights sources accepted by :func:`build_resnet101` (there is no default: a model that silently
+ran on random weights would predict noise while looking fine):
 
-* ``None``: random initialisation, for tests and benchmarks only (the features mean nothing, and
-  at 448 px their magnitude overflows float16 storage).
+* ``"random"`` (:data:`RANDOM_BACKBONE`): a fixed random initialisation, for tests and benchmarks
+  only (the features mean nothing, and at 448 px their magnitude overflows float16 storage). It is
+  seeded, so every build gives the same weights and cached features stay consistent.
 * a torchvision state dict file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` read with
   ``torch.load(weights_only=True)`` (never plain unpickling), e.g. ``resnet101-63fe2227.pth``
   (IMAGENET1K_V1, what the paper's features were computed with).
 * a transformers ResNet checkpoint: a local folder with ``config.json`` or a Hub id such as
   ``"microsoft/resnet-101"`` (through ``ResNetModel.from_pretrained``).
 
-Preprocessing (:class:`ImagePreprocessor`) follows the common ZSL region-feature pipeline
-pixel for pixel: resize the short side to the crop size (bilinear), centre crop, scale to
-[0, 1], ImageNet mean/std, RGB, i.e. torchvision's Resize / CenterCrop / ToTensor / Normalize.
+Preprocessing (:class:`ImagePreprocessor`, i.e. the model's ``SCEGGImageProcessor``) follows the
+common ZSL region-feature pipeline pixel for pixel: resize the short side to the crop size
+(bilinear), centre crop, scale to [0, 1], ImageNet mean/std, RGB, i.e. torchvision's Resize /
+CenterCrop / ToTensor / Normalize.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from contextlib import nullcontext
@@ -34,12 +38,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BitImageProcessorPil, ResNetConfig, ResNetModel
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers import ResNetConfig, ResNetModel
+
+from ..image_processing_scegg import SCEGGImageProcessor
 
 DEFAULT_CROP_SIZE = 448
+RANDOM_BACKBONE = "random"
+_RANDOM_BACKBONE_SEED = 0
 TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+logger = logging.getLogger(__name__)
 
 _TV_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
 _TV_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv|bn)(\d+)\.(.+)$")
@@ -159,11 +168,24 @@ def _from_pretrained(name_or_path: str) -> ResNetModel:
         ) from error
 
 
-def build_resnet101(weights: str | os.PathLike | None = None) -> ResNetModel:
-    """ResNet-101 in eval mode: random (``None``), torchvision file, or transformers checkpoint."""
+def random_resnet101() -> ResNetModel:
+    """ResNet-101 with seeded random weights (the same on every call), for tests and benchmarks."""
+    logger.warning("using a RANDOM ResNet-101 (--image_backbone random): its features are for tests only")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_BACKBONE_SEED)
+        return ResNetModel(resnet101_config()).eval()
+
+
+def build_resnet101(weights: str | os.PathLike) -> ResNetModel:
+    """ResNet-101 in eval mode from a torchvision file, a transformers checkpoint, or ``"random"``."""
     if weights is None:
-        model = ResNetModel(resnet101_config())
-    elif Path(weights).is_file():
+        raise ValueError(
+            "no backbone weights given: pass a torchvision ResNet-101 file (.pth / .safetensors), a transformers "
+            f"ResNet folder or Hub id, or {RANDOM_BACKBONE!r} for random weights (tests and benchmarks only)"
+        )
+    if str(weights) == RANDOM_BACKBONE:
+        return random_resnet101()
+    if Path(weights).is_file():
         state_dict = convert_torchvision_resnet_state_dict(load_torchvision_state_dict(weights))
         state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
         with torch.device("meta"):
@@ -179,13 +201,9 @@ def build_resnet101(weights: str | os.PathLike | None = None) -> ResNetModel:
 class ImagePreprocessor:
     """PIL images -> (n, 3, crop, crop) float32 pixels, exactly as torchvision's pipeline.
 
-    transformers' ``BitImageProcessorPil`` does the resize (short side, bilinear, torchvision's
-    size rounding) and the ImageNet normalisation. The centre crop is done here because its
-    offset is ``(size - crop) // 2`` while torchvision's ``CenterCrop`` rounds half to even: on
-    about a quarter of real images the two crops sit one pixel apart, and the reference region
-    features were made with torchvision's. RGB conversion is PIL's ``convert("RGB")`` (alpha
-    dropped), as torchvision's ImageFolder loader does; transformers' own conversion would
-    composite transparency onto white. Holds no model, so DataLoader workers can pickle it.
+    The work is done by the model's own :class:`~modeling_scegg.image_processing_scegg.SCEGGImageProcessor`
+    (saved with every trained model), so extracted training features and predictions from pictures
+    see the same pixels. Holds no model, so DataLoader workers can pickle it.
     """
 
     def __init__(self, crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> None:
@@ -195,24 +213,11 @@ class ImagePreprocessor:
                 f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}"
             )
         self.crop_size = crop_size
-        self.processor = BitImageProcessorPil(
-            size={"shortest_edge": resize_size},
-            do_center_crop=False,
-            resample=PILImageResampling.BILINEAR,
-            image_mean=IMAGENET_DEFAULT_MEAN,
-            image_std=IMAGENET_DEFAULT_STD,
-            do_convert_rgb=False,
-        )
-
-    def _center_crop(self, pixels: np.ndarray) -> np.ndarray:
-        height, width = pixels.shape[-2:]
-        top = int(round((height - self.crop_size) / 2.0))
-        left = int(round((width - self.crop_size) / 2.0))
-        return pixels[:, top : top + self.crop_size, left : left + self.crop_size]
+        self.processor = SCEGGImageProcessor(size={"shortest_edge": resize_size},
+                                             crop_size={"height": crop_size, "width": crop_size})
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        resized = self.processor([image.convert("RGB") for image in images])["pixel_values"]
-        return torch.from_numpy(np.stack([self._center_crop(np.asarray(p)) for p in resized]).astype(np.float32))
+        return self.processor(list(images), return_tensors="pt")["pixel_values"].float()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -222,6 +227,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def backbone_id(model: torch.nn.Module) -> str:
+    """How a model records the backbone its region features came from: ``"sha256:<fingerprint>"``."""
+    return f"sha256:{model_fingerprint(model)}"
 
 
 def default_device() -> torch.device:

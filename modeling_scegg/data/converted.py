@@ -14,6 +14,7 @@ import numpy as np
 from datasets import DatasetDict
 from safetensors.numpy import load_file, save_file
 
+from ..atomic import atomic_path, atomic_write_text
 from .semantics import REQUIRED_SPLITS, VALIDATION_SPLITS, ClassSemantics, ZSLDataset
 from .store import load_split
 
@@ -24,12 +25,6 @@ FORMAT_VERSION = 1
 
 def is_converted(out_dir: str | os.PathLike) -> bool:
     return (Path(out_dir) / DATASET_JSON).is_file()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_converted(
@@ -50,10 +45,9 @@ def save_converted(
         raise ValueError(f"{out_dir}: cannot finish the conversion, splits {missing} were not written")
     semantics.save(out_dir)
     if subsets:
-        tmp = out_dir / f".{SUBSETS_FILE}.tmp"
-        save_file({k: np.ascontiguousarray(v, dtype=np.int64) for k, v in subsets.items()}, str(tmp))
-        os.replace(tmp, out_dir / SUBSETS_FILE)
-    _write_atomic(out_dir / DATASET_JSON, json.dumps({"name": name, "format_version": FORMAT_VERSION, "source": source}, indent=1))
+        with atomic_path(out_dir / SUBSETS_FILE) as tmp:
+            save_file({k: np.ascontiguousarray(v, dtype=np.int64) for k, v in subsets.items()}, str(tmp))
+    atomic_write_text(out_dir / DATASET_JSON, json.dumps({"name": name, "format_version": FORMAT_VERSION, "source": source}, indent=1))
 
 
 def open_converted(out_dir: str | os.PathLike) -> ZSLDataset:

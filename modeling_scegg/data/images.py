@@ -66,10 +66,12 @@ from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 from transformers import ResNetModel
 
+from ..atomic import atomic_path, atomic_write_text
 from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
     RegionFeatureExtractor,
+    backbone_id,
     build_resnet101,
     model_fingerprint,
 )
@@ -111,6 +113,7 @@ class ImageFolderResult:
     unseen_class_ids: np.ndarray
     attribute_vectors: np.ndarray | None
     image_files: dict[str, list[str]]
+    backbone: str  # the extraction backbone, as backbone_id() names it
 
 
 def _parse_flag(value: str, where: str) -> bool:
@@ -324,16 +327,12 @@ def _extract_chunk(
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """Write next to the target and rename, so a crash never leaves a truncated shard."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def _shard_paths(work_dir: Path, split: str, chunk: int) -> tuple[Path, Path]:
@@ -434,8 +433,6 @@ def _labels(files: list[str], class_names: list[str]) -> np.ndarray:
 def _build_backbone(weights: str | os.PathLike | ResNetModel | None) -> ResNetModel:
     if isinstance(weights, ResNetModel):
         return weights.eval()
-    if weights is None:
-        logger.warning("no backbone weights given: using a RANDOM ResNet-101, the features are for tests only")
     return build_resnet101(weights)
 
 
@@ -460,8 +457,8 @@ def load_image_folder(
 ) -> ImageFolderResult:
     """Extract (or reuse) region features of an image folder; see the module docstring.
 
-    ``backbone_weights``: None (random, tests only), a torchvision ResNet-101 file, a transformers
-    ResNet folder / Hub id, or a built ``ResNetModel``. ``autocast`` ("fp16" / "bf16") speeds up
+    ``backbone_weights`` (required): a torchvision ResNet-101 file, a transformers ResNet folder /
+    Hub id, a built ``ResNetModel``, or ``"random"`` (tests and benchmarks only). ``autocast`` ("fp16" / "bf16") speeds up
     GPU extraction. ``num_workers`` DataLoader processes decode images in parallel.
     """
     if batch_size < 1 or chunk_size < 1:
@@ -510,6 +507,7 @@ def load_image_folder(
         unseen_class_ids=np.flatnonzero(table.is_unseen).astype(np.int64),
         attribute_vectors=vectors,
         image_files={DATASET_SPLIT_NAMES[s]: files for s, files in splits.items()},
+        backbone=backbone_id(model),
     )
 
 

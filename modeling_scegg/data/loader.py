@@ -23,6 +23,7 @@ from datasets import DatasetDict
 from filelock import FileLock
 from huggingface_hub import HfApi
 
+from .attribute_text import ensure_word_vectors
 from .backbone import model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
@@ -165,7 +166,8 @@ def _load_images(
     )
     if not np.array_equal(semantics.unseen_class_ids, result.unseen_class_ids):
         raise ValueError(f"{class_attributes_file}: is_unseen disagrees with the classes found in test_unseen")
-    return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics)
+    return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics,
+                      feature_backbone=result.backbone)
 
 
 def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:
@@ -190,6 +192,7 @@ def load_zsl_dataset(
     image_backbone: str | os.PathLike | ResNetModel | None = None,
     class_attributes_file: str | os.PathLike | None = None,
     image_options: dict | None = None,
+    attribute_encoder: str | None = None,
 ) -> ZSLDataset:
     """Load a zero-shot benchmark as memory-mapped Arrow splits plus its class semantics.
 
@@ -201,13 +204,19 @@ def load_zsl_dataset(
       size is read from the files);
     * an image folder, when ``class_attributes_file`` is given: ResNet-101 region features are
       extracted with ``image_backbone`` (a torchvision ResNet-101 file, a transformers ResNet
-      folder / Hub id, a built ``ResNetModel``, or None for random weights in tests; see
+      folder / Hub id, a built ``ResNetModel``, or ``"random"`` for tests; required; see
       :mod:`.images`); ``image_options`` go to :func:`.images.load_image_folder`;
     * a local folder or Hub dataset id in the layout of :mod:`.hub_layout` (``revision`` pins
       a Hub commit).
 
     ``clip_negative_attributes`` clips the few negative AWA2 ``att`` entries to 0 (and
     re-normalises); it is applied at load time, so it never triggers a new conversion.
+
+    ``attribute_encoder`` (a sentence encoder's Hub id or folder, e.g.
+    :data:`.attribute_text.DEFAULT_ATTRIBUTE_ENCODER`) guarantees attribute word vectors, as
+    training needs them: a source without them gets its attribute names embedded (see
+    :mod:`.attribute_text`), and one without names either is an error. Without it a missing
+    ``semantics.word_vectors`` stays None (evaluation uses the model's own).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if synthetic_config is not None and name_or_path != "synthetic":
@@ -230,4 +239,6 @@ def load_zsl_dataset(
         )
     if clip_negative_attributes:
         dataset.semantics = clip_negative(dataset.semantics)
+    if attribute_encoder is not None:
+        dataset = ensure_word_vectors(dataset, attribute_encoder)
     return dataset

@@ -17,6 +17,7 @@ import numpy as np
 from datasets import DatasetDict
 from safetensors.numpy import load_file, save_file
 
+from ..atomic import atomic_path, atomic_write_text
 from .store import region_shape
 
 SEMANTICS_ARRAYS = "semantics.safetensors"
@@ -38,6 +39,8 @@ class ClassSemantics:
     word_vectors: np.ndarray | None
     attribute_names: list[str] | None
     val_class_ids: np.ndarray | None = None
+    # the sentence encoder that embedded the attribute names when the source had no word vectors
+    attribute_encoder: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -65,12 +68,10 @@ class ClassSemantics:
             "val_class_ids": self.val_class_ids,
         }
         arrays.update({k: v for k, v in optional.items() if v is not None})
-        tmp_arrays, tmp_json = folder / f".{SEMANTICS_ARRAYS}.tmp", folder / f".{SEMANTICS_JSON}.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp_arrays))
+        with atomic_path(folder / SEMANTICS_ARRAYS) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         names = {"class_names": self.class_names, "attribute_names": self.attribute_names}
-        tmp_json.write_text(json.dumps(names, indent=1), encoding="utf-8")
-        os.replace(tmp_arrays, folder / SEMANTICS_ARRAYS)
-        os.replace(tmp_json, folder / SEMANTICS_JSON)
+        atomic_write_text(folder / SEMANTICS_JSON, json.dumps(names, indent=1))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ClassSemantics":
@@ -96,6 +97,8 @@ class ZSLDataset:
     name: str
     splits: DatasetDict
     semantics: ClassSemantics
+    # the backbone that computed the region features ("sha256:..."), when the source says
+    feature_backbone: str | None = None
 
     @property
     def num_regions(self) -> int:

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from ..atomic import atomic_path
 from .synthetic import SyntheticConfig, SyntheticWorld, render_images, visual_ingredients
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
@@ -97,15 +98,13 @@ def _write_feature_map(path: Path, world: SyntheticWorld, labels: np.ndarray, co
     """Render every image and store (N, D, H, W) float32 like the common preprocessing does."""
     height, width = grid
     step = max(1, _WRITE_BLOCK_BYTES // (config.num_regions * config.feature_dim * 4))
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         maps = f.create_dataset("feature_map", (len(labels), config.feature_dim, height, width), dtype="float32")
         for chunk, begin in enumerate(range(0, len(labels), step)):
             block = labels[begin:begin + step]
             regions = render_images(world, block, config, np.random.default_rng([config.seed, 2, chunk]))
             maps[begin:begin + len(block)] = regions.transpose(0, 2, 1).reshape(len(block), config.feature_dim, height, width)
         f.create_dataset("labels", data=labels)
-    os.replace(tmp, path)
 
 
 def write_synthetic_benchmark(
@@ -147,8 +146,7 @@ def write_synthetic_benchmark(
     mat = scipy.io.loadmat(str(att_path))
     mat = {k: v for k, v in mat.items() if not k.startswith("__")}
     mat.update({k: (np.sort(v) + 1).reshape(-1, 1).astype(np.float64) for k, v in locs.items()})
-    with open(xlsa / "att_splits.mat.tmp", "wb") as f:
+    with atomic_path(xlsa / "att_splits.mat") as tmp, open(tmp, "wb") as f:
         scipy.io.savemat(f, mat)
-    os.replace(xlsa / "att_splits.mat.tmp", xlsa / "att_splits.mat")
     shutil.copyfile(words_path, out_dir / "w2v" / words_path.name)
     return out_dir

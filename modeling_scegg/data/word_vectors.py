@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..atomic import atomic_path
+
 WORD_VECTOR_KEY = "word_vectors"
 SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors")
 
@@ -114,13 +116,12 @@ def save_word_vectors(word_vectors: np.ndarray, path: str | os.PathLike) -> Path
     """Write word vectors as .safetensors or .npy (the formats that cannot carry code), atomically."""
     path = Path(path)
     matrix = _check_matrix(np.asarray(word_vectors), "word_vectors")
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".safetensors":
-        save_file({WORD_VECTOR_KEY: matrix}, str(tmp))
-    elif path.suffix == ".npy":
-        with open(tmp, "wb") as handle:
-            np.save(handle, matrix, allow_pickle=False)
-    else:
+    if path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"{path}: word vectors are saved as .safetensors or .npy, got '{path.suffix}'")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file({WORD_VECTOR_KEY: matrix}, str(tmp))
+        else:
+            with open(tmp, "wb") as handle:
+                np.save(handle, matrix, allow_pickle=False)
     return path

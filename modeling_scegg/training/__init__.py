@@ -1,5 +1,7 @@
 """Accelerate-driven stage trainers and the pipeline that chains them."""
 from .arguments import SCEGGTrainingArguments, parse_training_args
-from .pipeline import run_pipeline
+from .pipeline import load_data, run_pipeline, train_and_evaluate
+from .selection import validation_view
 
-__all__ = ["SCEGGTrainingArguments", "parse_training_args", "run_pipeline"]
+__all__ = ["SCEGGTrainingArguments", "load_data", "parse_training_args", "run_pipeline", "train_and_evaluate",
+           "validation_view"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_write_text
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
@@ -30,7 +30,7 @@ from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import best_epochs, score_classifier_schedule, train_and_evaluate_classifiers
 from .common import RunContext, silence_noisy_loggers
-from .selection import protocol_description, validation_view
+from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
 from .stage3 import train_stage3
@@ -63,7 +63,7 @@ def load_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                             clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
                             class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
-                            **extra)
+                            attribute_encoder=args.attribute_encoder, **extra)
 
 
 def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
@@ -78,6 +78,10 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
     )
     if semantics.word_vectors is not None:
         fixed["word_dim"] = int(semantics.word_vectors.shape[1])
+    if semantics.attribute_encoder is not None:
+        fixed["attribute_encoder"] = semantics.attribute_encoder
+    if data.feature_backbone is not None:
+        fixed["feature_backbone"] = data.feature_backbone
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
@@ -173,11 +177,23 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     # process group that every later barrier relies on.
     with Accelerator(mixed_precision=args.mixed_precision).main_process_first():
         data = load_data(args)
+    args = dataclasses.replace(args, calibration=resolve_calibration(args.calibration, data))
     selection = None
     if args.selection == "validation" or args.calibration == "validation":
         selection = _select_on_validation(args, data)
         args = dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"])
-    return _train_and_evaluate(args, data, selection=selection)[0]
+    return train_and_evaluate(args, data, selection=selection)[0]
+
+
+def resolve_calibration(calibration: str, data: ZSLDataset) -> str:
+    """`auto` calibrates wherever a validation view exists to choose the offset on (it was the
+    better choice on the validation data of every benchmark layout: README, "Presets")."""
+    if calibration != "auto":
+        return calibration
+    resolved = "validation" if has_validation_split(data) else "none"
+    logger.info(f"--calibration auto: {resolved} ({data.name} {'has' if resolved == 'validation' else 'has no'} "
+                f"train_sub / val splits)", main_process_only=True)
+    return resolved
 
 
 def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
@@ -188,7 +204,7 @@ def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dic
     view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
                                     published_protocol="off", push_to_hub=False, plots=False)
     view = validation_view(data, args.seed)
-    _, progress = _train_and_evaluate(view_args, view, view=True)
+    _, progress = train_and_evaluate(view_args, view, view=True)
     calibrated, selects = args.calibration == "validation", args.selection == "validation"
     stage3_scores = progress.get("stage3_scores") or {}
     if stage3_scores:
@@ -308,7 +324,7 @@ def _run_classifiers(run: _Run, selection: dict | None, score_every_epoch: bool,
     run.finish("classifiers")
 
 
-def _train_and_evaluate(
+def train_and_evaluate(
     args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict[str, Any] | None = None, view: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One resumable run of all stages on `data` (the validation view with `view`); returns the
@@ -320,6 +336,10 @@ def _train_and_evaluate(
               lambda: _run_classifiers(run, selection, view or args.published_protocol == "classifier", calibrate))
     for train in stages[run.done:]:
         train()
+    # what add_classes needs later to refit the classifiers without the training data
+    run.ctx.model.record_refit_data(run.caches["train"]["features"], run.caches["train"]["labels"], args.syn_num,
+                                    [run.progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
+                                    args.classifier_lr)
     results = _results(args, data, run.progress, selection)
     if run.ctx.tracker.is_main_process:
         _write_outputs(run.ctx, data, run.caches, results)
@@ -370,14 +390,15 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
     """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    from ..export import attach_backbone, save_model
     from ..hub import build_model_card, push_model
     from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
-    ctx.model.save_pretrained(out)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    # pictures in: an image folder's extraction backbone travels with the model, with its image processor
+    image_folder = ctx.args.class_attributes_file is not None
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if ctx.args.plots:
         dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
         write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
@@ -394,4 +415,7 @@ _LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attribut
 def _feature_extractor(data: ZSLDataset) -> str:
     if data.name == "synthetic":
         return f"synthetic region features (R={data.num_regions}, D={data.feature_dim}), no backbone"
+    if data.feature_backbone is not None:
+        return (f"the ResNet embedded in the checkpoint (weights {data.feature_backbone}), last stage map: "
+                f"R={data.num_regions} regions of D={data.feature_dim}")
     return f"ResNet-101 (ImageNet), last conv map: R={data.num_regions} regions of D={data.feature_dim}"

@@ -32,10 +32,14 @@ def protocol_description(selection: dict, args) -> str:
     return f"validation split: {' and '.join(chosen)} selected on {view}{fixed}; nothing is selected on test data"
 
 
+def has_validation_split(data: ZSLDataset) -> bool:
+    return "train_sub" in data.splits and "val" in data.splits and data.semantics.val_class_ids is not None
+
+
 def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:
     """train = train_sub minus a held-out share of each class, test_seen = that share,
     test_unseen = val; the val classes become the unseen classes."""
-    if "train_sub" not in data.splits or "val" not in data.splits or data.semantics.val_class_ids is None:
+    if not has_validation_split(data):
         raise ValueError(
             f"--selection validation needs train_sub / val splits (xlsa17 train_loc / val_loc, or the "
             f"synthetic generator's num_val > 0); dataset {data.name} has splits {sorted(data.splits)}"

@@ -1,0 +1,68 @@
+"""The image-classification pipeline of a pushed SC-EGG checkpoint, in a fresh process where the
+package cannot be imported, from the local Hub stand-in: GZSL over every class, CZSL over the
+unseen ones, the same scores as in this process, and the model card's snippet runs as written."""
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import pipeline
+
+from conftest import tiny_image_processor, tiny_resnet
+from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
+from modeling_scegg.export import attach_backbone, save_model
+from modeling_scegg.hub import build_model_card, model_files_to_push
+from test_export import region_model
+
+REPO = "alice/sc-egg-pictures"
+RESULTS = {"czsl_acc": 50.0, "gzsl_unseen": 40.0, "gzsl_seen": 60.0, "gzsl_h": 48.0}
+
+PULL = r"""
+import json, re
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="alice/sc-egg-pictures", trust_remote_code=True)
+image = Image.open("bird.jpg")
+card = ModelCard.load("alice/sc-egg-pictures")
+snippet = next(b for b in re.findall(r"```python\n(.*?)```", card.text, flags=re.S) if "pipeline(" in b)
+exec(compile(snippet, "card-pipeline-snippet", "exec"), {})
+print(json.dumps({
+    "gzsl": classifier(image, top_k=6),
+    "czsl": classifier(image, top_k=5, czsl=True),
+    "modules": [type(classifier).__module__, type(classifier.model).__module__,
+                type(classifier.image_processor).__module__],
+    "pipeline_tag": card.data.pipeline_tag,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_from_the_hub_without_the_package(hub_endpoint: HubStandIn, tmp_path):
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "model",
+                        tiny_image_processor())
+    (folder / "results.json").write_text(json.dumps(RESULTS))
+    build_model_card(folder, RESULTS, dataset_name="CUB", training_args={}, feature_extractor="tiny random ResNet",
+                     protocol="fixed", repo_id=REPO)
+    hub_endpoint.add_files("model", REPO, {name: (folder / name).read_bytes() for name in model_files_to_push(folder)})
+    work = tmp_path / "work"
+    work.mkdir()
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (75, 100, 3), dtype=np.uint8)).save(work / "bird.jpg", quality=95)
+
+    pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pipeline", with_package=False)
+    report = json.loads(pulled.stdout.strip().splitlines()[-1])
+    assert all(module.startswith("transformers_modules") for module in report["modules"]), report["modules"]
+    assert report["pipeline_tag"] == "image-classification"
+    # the snippet prints top_k=5 over all 6 classes, then the 2 unseen classes (top_k capped)
+    assert pulled.stdout.count("'label': 'bird_") == 5 + 2, "the card's pipeline snippet did not print its rankings"
+    local = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.open(work / "bird.jpg")
+    for remote, here in ((report["gzsl"], local(image, top_k=6)), (report["czsl"], local(image, top_k=5, czsl=True))):
+        assert [r["label"] for r in remote] == [r["label"] for r in here]
+        np.testing.assert_allclose([r["score"] for r in remote], [r["score"] for r in here], atol=1e-6)
+    assert {r["label"] for r in report["czsl"]} == {"bird_1", "bird_4"}
+    assert len(report["gzsl"]) == 6
+    assert not re.search(r"not supported for image-classification", pulled.stderr)

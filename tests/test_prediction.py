@@ -1,0 +1,135 @@
+"""`scegg predict` on pictures: batching, a progress bar, one error row per unusable picture
+(empty, unreadable, truncated, 1 x 1, 100 megapixels, missing) while the rest go on, CSV and JSON
+lines output, an exit status that says whether anything failed; region-feature files too."""
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_image_processor, tiny_resnet
+from modeling_scegg.cli import main
+from modeling_scegg.export import attach_backbone, save_model
+from test_export import region_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    return save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), folder,
+                      tiny_image_processor())
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height: what a decompression bomb looks like before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _pictures(folder: Path, count: int = 5) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"good_{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(rng.integers(0, 256, (64 + 7 * i, 90, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _bad_pictures(folder: Path) -> dict[str, str]:
+    """file name -> the reason its row must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image at all")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "dot.png")
+    _png_header_only(folder / "huge.png", 10_000, 10_000)
+    return {"empty.jpg": "empty file (0 bytes)", "notes.png": "not an image PIL can read",
+            "truncated.jpg": "unreadable image data (image file is truncated", "dot.png": "too small: 1 x 1 pixels",
+            "huge.png": "too large: 10000 x 10000 = 100 megapixels"}
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_unusable_picture_gets_its_own_row_and_the_rest_go_on(model_dir, tmp_path, capsys):
+    good = _pictures(tmp_path / "in")
+    reasons = _bad_pictures(tmp_path / "in")
+    missing = tmp_path / "gone.jpg"
+    code = main(["predict", str(model_dir), str(tmp_path / "in"), str(missing), "--top_k", "2",
+                 "--batch_size", "2", "--output", str(tmp_path / "out" / "preds.csv")])
+    assert code == 1, "the exit status must say that some pictures failed"
+    rows = {Path(r["file"]).name: r for r in _csv_rows(tmp_path / "out" / "preds.csv")}
+    assert set(rows) == {p.name for p in good} | set(reasons) | {"gone.jpg"}
+    for name, reason in reasons.items():
+        assert rows[name]["error"].startswith(reason), (name, rows[name]["error"])
+        assert rows[name]["label_1"] == ""
+    assert rows["gone.jpg"]["error"] == "no such file"
+    for path in good:
+        row = rows[path.name]
+        assert row["error"] == "" and row["label_1"].startswith("bird_") and row["label_2"].startswith("bird_")
+        assert 1.0 >= float(row["score_1"]) >= float(row["score_2"]) > 0
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "6 rows failed" in err
+    assert not list((tmp_path / "out").glob(".*tmp")), "no temporary file may be left behind"
+
+
+def test_all_good_pictures_exit_zero_and_batching_does_not_change_predictions(model_dir, tmp_path, capsys):
+    good = _pictures(tmp_path / "in")
+    outputs = []
+    for batch_size in ("1", "4"):
+        out = tmp_path / f"preds_{batch_size}.jsonl"
+        assert main(["predict", str(model_dir), *map(str, good), "--batch_size", batch_size, "--output", str(out)]) == 0
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [r["file"] for r in outputs[0]] == [str(p) for p in good]
+    for one, four in zip(*outputs):
+        assert [p["label"] for p in one["predictions"]] == [p["label"] for p in four["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in one["predictions"]], [p["score"] for p in four["predictions"]],
+                                   atol=1e-5)
+    capsys.readouterr()
+    assert main(["predict", str(model_dir), str(good[0]), "--czsl", "--top_k", "5"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert {p["label"] for p in line["predictions"]} == {"bird_1", "bird_4"}
+
+
+def test_pictures_and_the_pipeline_agree(model_dir, tmp_path, capsys):
+    from transformers import pipeline
+
+    picture = _pictures(tmp_path / "in", count=1)[0]
+    assert main(["predict", str(model_dir), str(picture), "--top_k", "3"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip())["predictions"]
+    theirs = pipeline("image-classification", model=str(model_dir), trust_remote_code=True)(str(picture), top_k=3)
+    assert [p["label"] for p in ours] == [p["label"] for p in theirs]
+    np.testing.assert_allclose([p["score"] for p in ours], [p["score"] for p in theirs], atol=1e-6)
+
+
+def test_a_model_without_backbone_needs_an_explicit_one(tmp_path):
+    region_model().save_pretrained(tmp_path / "features_only")
+    picture = _pictures(tmp_path / "in", count=1)[0]
+    with pytest.raises(ValueError, match="no region backbone.*--image_backbone WEIGHTS.*scegg attach-backbone"):
+        main(["predict", str(tmp_path / "features_only"), str(picture)])
+    tiny_resnet().save_pretrained(tmp_path / "resnet")
+    (tmp_path / "features_only" / "preprocessor_config.json").unlink(missing_ok=True)
+    tiny_image_processor().save_pretrained(tmp_path / "features_only")
+    assert main(["predict", str(tmp_path / "features_only"), str(picture), "--image_backbone", str(tmp_path / "resnet")]) == 0
+
+
+def test_region_feature_files_are_still_accepted(model_dir, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 4, 12)).astype(np.float32))
+    assert main(["predict", str(model_dir), str(tmp_path / "x.npy"), "--top_k", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["file"] for r in rows] == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(3)]
+    assert all(len(r["predictions"]) == 2 for r in rows)
