@@ -63,6 +63,7 @@ from .configuration_scegg import SCEGGConfig
 _SCALER_EPS = 1e-12
 # Adam betas of TF-VAEGAN's generator, critic, decoder, feedback and final classifiers.
 TFVAEGAN_BETAS = (0.5, 0.999)
+_SYNTHESIS_CHUNK = 4096  # rows generated at once by `synthesize`
 
 
 @dataclass
@@ -121,10 +122,28 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
         projections = self.attribute_queries @ self.embedding_weight
         return (local_features * projections.unsqueeze(0)).sum(-1)
 
+    def attended_embedding(self, attention: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 without the local features: h_n^T W_beta v_n = sum_r a_nr r_r^T (W_beta^T v_n).
+
+        One (B R, D) x (D, A) product replaces the (B, A, D) tensor h, which is the largest one
+        of the LEN and costs as much memory traffic as the attention itself."""
+        projections = self.attribute_queries @ self.embedding_weight
+        return (attention * (regions @ projections.t()).transpose(1, 2)).sum(-1)
+
     @staticmethod
     def local_class_scores(embedding: torch.Tensor, class_attributes: torch.Tensor) -> torch.Tensor:
         """Eq. 3: p_l = e_l . a(y) against L2-normalised class attribute vectors, (B, C)."""
         return embedding @ F.normalize(class_attributes, dim=-1).t()
+
+    def attend(
+        self, region_features: torch.Tensor, class_attributes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 1-3 as training and inference run them: normalised regions (B, R, D), attention
+        (B, A, R) and p_l (B, C), never forming h; `forward` is the same maths with h explicit."""
+        regions = F.normalize(region_features, dim=-1)
+        attention = self.attribute_attention(regions)
+        scores = self.local_class_scores(self.attended_embedding(attention, regions), class_attributes)
+        return regions, attention, scores
 
     def forward(
         self, region_features: torch.Tensor, class_attributes: torch.Tensor
@@ -152,6 +171,19 @@ class SCEGGSemanticCompression(nn.Module):
 
     def forward(self, local_features: torch.Tensor) -> torch.Tensor:
         return self.net(local_features.transpose(1, 2)).squeeze(-1)
+
+    def compress_attended(self, attention: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 on h = attention @ regions, (B, D). The first Linear runs along the attribute
+        axis, so W_1 h = (W_1 attention) regions; when R (A + D) < A D (49 x 7 x 512 or
+        196 x 14 x 2048 regions with 312 attributes) that order costs fewer operations and never
+        forms h. Otherwise h is formed and `forward` runs."""
+        num_attributes, num_regions = attention.shape[-2:]
+        feature_dim = regions.shape[-1]
+        if num_regions * (num_attributes + feature_dim) >= num_attributes * feature_dim:
+            return self(attention @ regions)
+        first, act, second = self.net
+        hidden = act((first.weight @ attention) @ regions + first.bias.unsqueeze(-1))
+        return (second.weight @ hidden).squeeze(-2) + second.bias
 
 
 class SCEGGRegressionHead(nn.Module):
@@ -197,6 +229,13 @@ class SCEGGSemanticCompressionEmbeddingNetwork(nn.Module):
         if self.config.runtime_compression == "mean":
             return local_features.mean(dim=1)
         return self.compression(local_features)
+
+    def compress_attended(self, attention: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """`compress(attention @ regions)` without forming h: the attribute mean of h is the
+        mean attention applied to the regions."""
+        if self.config.runtime_compression == "mean":
+            return (attention.mean(dim=1, keepdim=True) @ regions).squeeze(-2)
+        return self.compression.compress_attended(attention, regions)
 
     def scale(self, features: torch.Tensor) -> torch.Tensor:
         """Min-max scaling with the range fitted on the trainval features."""
@@ -674,8 +713,8 @@ class SCEGGModel(SCEGGPreTrainedModel):
         pooled-feature baseline, which has no SCEN)."""
         if self.config.dense_feature_source == "pooled":
             return {"features": region_features.mean(dim=1), "local_scores": None, "attentions": None}
-        local, attention, scores = self.scen.local_embedding(region_features, self.class_attributes)
-        return {"features": self.scen.compress(local), "local_scores": scores, "attentions": attention}
+        regions, attention, scores = self.scen.local_embedding.attend(region_features, self.class_attributes)
+        return {"features": self.scen.compress_attended(attention, regions), "local_scores": scores, "attentions": attention}
 
     def classifier_features(self, dense_features: torch.Tensor) -> torch.Tensor:
         """Input of the final classifiers: [x, Dec(x), Dec_hidden(x)] (published) or x."""
@@ -736,10 +775,13 @@ class SCEGGModel(SCEGGPreTrainedModel):
         labels = class_ids.repeat_interleave(num_per_class)
         latent = _random(torch.randn, (len(labels), self.config.resolved_latent_dim), self.class_attributes, generator)
         eggn = self.eggn
-        features = generate_features(
-            eggn.generator, eggn.decoder, eggn.feedback, latent, self.class_attributes[labels],
-            self.config.synthesis_feedback_weight,
-        )
+        features = latent.new_empty(len(labels), self.config.feature_dim)
+        for start in range(0, len(labels), _SYNTHESIS_CHUNK):  # bounds the (n, 4096) hidden layers
+            rows = slice(start, start + _SYNTHESIS_CHUNK)
+            features[rows] = generate_features(
+                eggn.generator, eggn.decoder, eggn.feedback, latent[rows], self.class_attributes[labels[rows]],
+                self.config.synthesis_feedback_weight,
+            )
         return features, labels
 
 

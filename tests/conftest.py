@@ -8,8 +8,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# conversions made by tests never land in the user's cache
-os.environ.setdefault("SCEGG_CACHE", tempfile.mkdtemp(prefix="scegg-test-cache-"))
+# conversions (and any datasets cache) made by tests never land in the user's cache; set before
+# `datasets` is imported, which reads it once
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="scegg-test-cache-"))
 
 import pytest
 

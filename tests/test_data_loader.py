@@ -1,7 +1,10 @@
 """load_zsl_dataset: dispatch, conversion once then memory-mapping, options and errors."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +60,20 @@ def test_interrupted_conversion_resumes_with_finished_splits(tmp_path: Path):
     assert len(ds.splits["test_unseen"]) == 6
 
 
-def test_default_cache_dir_from_environment(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("SCEGG_CACHE", str(tmp_path / "env-cache"))
+def test_default_cache_is_inside_the_hugging_face_datasets_cache(tmp_path: Path, monkeypatch):
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     ds = load_zsl_dataset(synthetic_config=TINY)
-    assert ds.splits["train"].cache_files[0]["filename"].startswith(str(tmp_path / "env-cache"))
-    monkeypatch.delenv("SCEGG_CACHE")
-    assert loader_module.default_cache_dir() == Path.home() / ".cache" / "scegg"
+    assert ds.splits["train"].cache_files[0]["filename"].startswith(str(tmp_path / "hf-datasets" / "scegg"))
+
+
+def test_default_cache_follows_hf_home(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k != "HF_DATASETS_CACHE"}
+    env["HF_HOME"] = str(tmp_path / "home")
+    code = "from modeling_scegg.data import default_cache_dir; print(default_cache_dir())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert Path(out.strip()) == tmp_path / "home" / "datasets" / "scegg"
 
 
 def test_clip_negative_attributes(tmp_path: Path, monkeypatch):

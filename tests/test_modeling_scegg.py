@@ -81,6 +81,40 @@ def test_runtime_compression_switch(tiny_model):
     torch.testing.assert_close(mlp.scen.compress(h), mlp.scen.compression(h))
 
 
+def test_attend_is_eq_1_to_3_without_local_features(tiny_model):
+    """The form training runs gives the attention and p_l of the explicit equations."""
+    local = tiny_model.scen.local_embedding
+    with torch.no_grad():
+        local.attention_weight.normal_()
+    x = _regions()
+    h, attention, scores = local(x, tiny_model.class_attributes)
+    regions, fast_attention, fast_scores = local.attend(x, tiny_model.class_attributes)
+    torch.testing.assert_close(regions, F.normalize(x, dim=-1))
+    torch.testing.assert_close(fast_attention, attention)
+    torch.testing.assert_close(fast_scores, scores)
+    torch.testing.assert_close(local.attended_embedding(attention, regions), local.local_embedding(h))
+
+
+@pytest.mark.parametrize("num_regions", [2, 9])  # R (A + D) below and above A D: both product orders
+def test_compress_attended_equals_compression_of_local_features(tiny_model, num_regions):
+    sc = tiny_model.scen.compression
+    generator = torch.Generator().manual_seed(num_regions)
+    attention = torch.softmax(torch.randn(3, 7, num_regions, generator=generator), dim=-1)
+    regions = torch.rand(3, num_regions, 12, generator=generator)
+    torch.testing.assert_close(sc.compress_attended(attention, regions), sc(attention @ regions))
+    torch.testing.assert_close(tiny_model.scen.compress_attended(attention, regions), (attention @ regions).mean(1))
+
+
+def test_dense_features_follow_the_explicit_equations(tiny_model):
+    x = _regions()
+    for model in (tiny_model, SCEGGModel(SCEGGConfig(**tiny_config_kwargs(runtime_compression="mlp")))):
+        model.set_class_semantics(tiny_model.class_attributes, torch.randn(7, 6))
+        h, attention, scores = model.scen.local_embedding(x, model.class_attributes)
+        raw = model.raw_dense_features(x)
+        torch.testing.assert_close(raw["features"], model.scen.compress(h))
+        torch.testing.assert_close(raw["local_scores"], scores)
+
+
 def test_pooled_baseline_skips_scen():
     model = SCEGGModel(SCEGGConfig(**tiny_config_kwargs(dense_feature_source="pooled")))
     model.set_class_semantics(torch.rand(6, 7))

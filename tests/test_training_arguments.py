@@ -99,6 +99,33 @@ def test_shipped_presets_are_found_by_name():
         read_preset("cub-oficial")
 
 
+def test_mixed_precision_defaults_to_what_accelerate_was_configured_with(monkeypatch):
+    """`accelerate launch --mixed_precision fp16` (or `accelerate config`) exports the setting;
+    an explicit flag still wins, and without either the device decides."""
+    from modeling_scegg.training.precision import native_bf16
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert parse_training_args([]).mixed_precision == "fp16"
+    assert parse_training_args(["--mixed_precision", "no"]).mixed_precision == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    expected = "bf16" if native_bf16("cpu") else "no"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert parse_training_args([]).mixed_precision == expected
+    assert parse_training_args(["--mixed_precision", "auto"]).mixed_precision == expected
+
+
+def test_native_bf16_is_false_where_bf16_would_be_emulated(monkeypatch):
+    import torch
+
+    from modeling_scegg.training.precision import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bf16("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16("cpu")
+
+
 def test_help_names_the_command_every_flag_and_the_dataset_defaults(capsys):
     from dataclasses import fields
 

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import datasets.config
 import numpy as np
 from datasets import DatasetDict
 from filelock import FileLock
@@ -45,8 +46,11 @@ __all__ = ["ClassSemantics", "ZSLDataset", "default_cache_dir", "load_zsl_datase
 
 
 def default_cache_dir() -> Path:
-    """``$SCEGG_CACHE`` or ``~/.cache/scegg``."""
-    return Path(os.environ.get("SCEGG_CACHE") or Path.home() / ".cache" / "scegg")
+    """``scegg/`` inside the Hugging Face datasets cache (``HF_DATASETS_CACHE``, by default
+    ``$HF_HOME/datasets``): converted features live where every other dataset of the user does,
+    are found by the same settings and cleaned with the same tools. A Hub dataset is streamed
+    into it (``streaming=True``), so its Parquet is never stored beside the Arrow copy."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "scegg"
 
 
 def _digest(parts: object) -> str:

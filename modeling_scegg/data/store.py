@@ -22,7 +22,6 @@ import pyarrow as pa
 import torch
 from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
-from datasets.table import ConcatenationTable, MemoryMappedTable
 from tqdm.auto import tqdm
 
 REGION_COLUMN = "region_features"
@@ -33,8 +32,7 @@ ARROW_FILE_NAME = "data.arrow"
 # few enough chunks that locating a row is a single searchsorted.
 _RECORD_BATCH_BYTES = 16 * 2**20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-# Table operations that leave the stored rows of the region column untouched.
-_ROW_PRESERVING_REPLAYS = {"replace_schema_metadata", "drop", "select", "remove_column", "combine_chunks"}
+_FLOAT32_BATCH_BYTES = 64 * 2**20
 
 
 def region_feature_features(
@@ -230,25 +228,6 @@ def load_split(out_dir: str | os.PathLike) -> Dataset:
     return Dataset.from_file(str(path))
 
 
-@dataclass
-class _FileChunk:
-    """Rows [start, start + length) of the split, stored contiguously at ``offset`` in ``path``."""
-
-    start: int
-    length: int
-    path: str
-    offset: int
-
-
-@dataclass
-class _MemoryChunk:
-    """Rows [start, start + length) of the split, as a zero-copy numpy view (n, R, D)."""
-
-    start: int
-    length: int
-    values: np.ndarray = field(repr=False)
-
-
 def region_values(chunk: pa.Array, num_regions: int, feature_dim: int) -> pa.Array:
     """The flat float values behind an Array2D chunk, checked to be dense and null-free."""
     storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
@@ -262,106 +241,100 @@ def region_values(chunk: pa.Array, num_regions: int, feature_dim: int) -> pa.Arr
     return values
 
 
-def _file_offsets(path: str, num_regions: int, feature_dim: int) -> list[tuple[int, int]]:
-    """(rows, byte offset) of each record batch's region values inside an Arrow stream file.
-
-    The offsets come from mapping the file ourselves and measuring where each values buffer
-    lies relative to the start of the mapping; only the small batch headers are touched.
-    """
-    with pa.memory_map(path) as mapped:
-        base = mapped.read_buffer(1).address
-        mapped.seek(0)
-        table = pa.ipc.open_stream(mapped).read_all()
-        result = []
-        for chunk in table.column(REGION_COLUMN).chunks:
-            values = region_values(chunk, num_regions, feature_dim)
-            address = values.buffers()[1].address + values.offset * values.type.byte_width
-            result.append((len(chunk), address - base))
-    return result
+def _root(buffer: pa.Buffer) -> pa.Buffer:
+    """The buffer that `buffer` is a slice of: for a memory-mapped table, the whole mapped file."""
+    while buffer.parent is not None:
+        buffer = buffer.parent
+    return buffer
 
 
-def _row_window(block: MemoryMappedTable) -> tuple[int, int] | None:
-    """(first file row, row count) of a memory-mapped table after its slices; None if transformed.
+@dataclass
+class _RowLocations:
+    """Where every row of a split lives: `sources` are file paths (rows read with pread at a byte
+    offset) or flat in-RAM arrays (rows copied from an element offset)."""
 
-    datasets records every operation on a memory-mapped table as a "replay"; slices (from
-    ``select(range(...))``, ``train_test_split``, ...) only move the row window, and a few
-    column operations leave the rows alone. Anything else (filter, cast, ...) could change the
-    values, so those tables are read through their in-memory views instead.
-    """
-    first = 0
-    for name, args, kwargs in block.replays:
-        if name == "slice":  # offsets are relative to the window left by earlier slices
-            first += args[0] if args else kwargs.get("offset", 0)
-        elif name not in _ROW_PRESERVING_REPLAYS:
-            return None
-    return first, len(block)
+    sources: list[str | np.ndarray] = field(default_factory=list)
+    source: list[np.ndarray] = field(default_factory=list)
+    offset: list[np.ndarray] = field(default_factory=list)
+    _ids: dict = field(default_factory=dict)
 
-
-def _memory_mapped_blocks(table) -> list[MemoryMappedTable] | None:
-    """The memory-mapped tables a dataset's rows come from, in order; None if any rows live in RAM."""
-    if isinstance(table, MemoryMappedTable):
-        return [table]
-    if isinstance(table, ConcatenationTable):
-        blocks = []
-        for row in table.blocks:
-            holders = [t for t in row if REGION_COLUMN in t.column_names]
-            if len(holders) != 1 or not isinstance(holders[0], MemoryMappedTable):
-                return None
-            blocks.append(holders[0])
-        return blocks
-    return None
+    def add(self, key, make_source, count: int, first: int, stride: int) -> None:
+        if key not in self._ids:
+            self._ids[key] = len(self.sources)
+            self.sources.append(make_source())
+        self.source.append(np.full(count, self._ids[key], dtype=np.int32))
+        self.offset.append(first + stride * np.arange(count, dtype=np.int64))
 
 
 class RegionFeatureReader:
-    """Fast Arrow -> numpy path for training (no per-row formatter; with_format("torch") is ~5x slower and upcasts).
+    """Fast Arrow -> numpy path for training (no per-row formatter; with_format("torch") is ~5x
+    slower and upcasts float16 to float32).
 
-    Rows of memory-mapped splits are copied with ``os.preadv`` straight into the output batch, so
-    the process never maps the feature file and its resident memory does not grow with the
-    number of rows read. Splits that live in RAM (or whose table was sliced/transformed) are read
-    from zero-copy numpy views instead; the result is the same.
+    The reader asks `datasets` only through its public API for the rows of the split, as
+    zero-copy Arrow views (`with_format("arrow")`, which also applies any index mapping left by
+    `select`, `filter`, `shuffle` or `train_test_split`), then follows each view's buffer to the
+    memory-mapped file it is a slice of (pyarrow's `Buffer.parent`). Those rows are copied with
+    ``os.preadv`` straight from the file into the output batch, so the process never touches the
+    mapping and its resident memory does not grow with the rows read. Whatever table a dataset
+    was derived into (a `map` writes a new file, a `cast` in RAM builds new buffers), the bytes
+    read are the bytes its Arrow arrays hold; rows that live in RAM are copied from there.
     """
 
     def __init__(self, dataset: Dataset):
         self.num_regions, self.feature_dim = region_shape(dataset.features)
         self._dtype = np.dtype(dataset.features[REGION_COLUMN].dtype)
-        self._row_bytes = self.num_regions * self.feature_dim * self._dtype.itemsize
-        indices = getattr(dataset, "_indices", None)  # set by select/shuffle/filter without flatten_indices
-        self._physical = None if indices is None else indices.column(0).to_numpy().astype(np.int64)
-        table_labels = dataset.data.column(LABEL_COLUMN).to_numpy().astype(np.int64)
-        self.labels: np.ndarray = table_labels if self._physical is None else table_labels[self._physical]
-        self._chunks = self._file_chunks(dataset) or self._memory_chunks(dataset)
-        self._starts = np.array([c.start for c in self._chunks], dtype=np.int64)
+        self._row_values = self.num_regions * self.feature_dim
+        self._row_bytes = self._row_values * self._dtype.itemsize
+        rows = dataset.with_format("arrow", columns=[REGION_COLUMN, LABEL_COLUMN])[:]
+        self.labels: np.ndarray = rows.column(LABEL_COLUMN).to_numpy().astype(np.int64)
+        locations = self._locate(rows.column(REGION_COLUMN), [f["filename"] for f in dataset.cache_files])
+        self._sources = locations.sources
+        self._source = np.concatenate(locations.source) if locations.source else np.zeros(0, dtype=np.int32)
+        self._offset = np.concatenate(locations.offset) if locations.offset else np.zeros(0, dtype=np.int64)
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
 
-    def _file_chunks(self, dataset: Dataset) -> list[_FileChunk] | None:
-        blocks = _memory_mapped_blocks(dataset.data)
-        if blocks is None:
-            return None
-        chunks, start = [], 0
-        for block in blocks:
-            window = _row_window(block)
-            if window is None:
-                return None
-            first, count = window
-            offsets = _file_offsets(block.path, self.num_regions, self.feature_dim)
-            file_row = 0
-            for length, offset in offsets:
-                # Keep the part of this record batch that lies inside the block's row window.
-                lo, hi = max(first, file_row), min(first + count, file_row + length)
-                if lo < hi:
-                    chunks.append(_FileChunk(start, hi - lo, block.path, offset + (lo - file_row) * self._row_bytes))
-                    start += hi - lo
-                file_row += length
-        return chunks if start == dataset.data.num_rows else None
+    def batch_rows(self, requested: int) -> int:
+        """`requested`, capped so that one batch converted to float32 stays under 64 MiB: a
+        batch of 256 CUB images at 14 x 14 x 2048 is 400 MB in float32, and inference holds
+        a few such tensors at once (normalised regions, attention products)."""
+        return max(1, min(requested, _FLOAT32_BATCH_BYTES // (self._row_values * 4)))
 
-    def _memory_chunks(self, dataset: Dataset) -> list[_MemoryChunk]:
-        chunks, start = [], 0
-        for chunk in dataset.data.column(REGION_COLUMN).chunks:
-            values = region_values(chunk, self.num_regions, self.feature_dim).to_numpy(zero_copy_only=True)
-            chunks.append(_MemoryChunk(start, len(chunk), values.reshape(len(chunk), self.num_regions, self.feature_dim)))
-            start += len(chunk)
-        return chunks
+    @property
+    def file_backed(self) -> bool:
+        """Whether every row is read from a file (pread) rather than copied from RAM."""
+        return all(isinstance(source, str) for source in self._sources)
+
+    def _locate(self, column: pa.ChunkedArray, files: list[str]) -> _RowLocations:
+        locations, mapped = _RowLocations(), {}
+        for chunk in column.chunks:
+            if not len(chunk):
+                continue
+            values = region_values(chunk, self.num_regions, self.feature_dim)
+            buffer, root = values.buffers()[1], _root(values.buffers()[1])
+            first = buffer.address + values.offset * self._dtype.itemsize
+            if root.address not in mapped:
+                mapped[root.address] = self._mapped_file(root, values, first, files)
+            path = mapped[root.address]
+            if path is not None:
+                locations.add(path, lambda: path, len(chunk), first - root.address, self._row_bytes)
+            else:
+                flat = lambda: np.frombuffer(buffer, dtype=self._dtype, count=buffer.size // self._dtype.itemsize)
+                locations.add(buffer.address, flat, len(chunk), values.offset, self._row_values)
+        return locations
+
+    def _mapped_file(self, root: pa.Buffer, values: pa.Array, first: int, files: list[str]) -> str | None:
+        """The cache file that `root` maps, recognised by its size and confirmed by the bytes of
+        the first values at their offset (one page of the mapping is read, once per file)."""
+        sample = values.slice(0, min(len(values), 64)).to_numpy(zero_copy_only=True).tobytes()
+        for path in files:
+            if os.path.getsize(path) != root.size:
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(first - root.address)
+                if handle.read(len(sample)) == sample:
+                    return path
+        return None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -394,29 +367,27 @@ class RegionFeatureReader:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"indices must lie in [0, {len(self)}), got [{indices.min()}, {indices.max()}]")
-        rows = indices if self._physical is None else self._physical[indices]
-        out = np.empty((len(rows), self.num_regions, self.feature_dim), dtype=self._dtype)
-        chunk_ids = np.searchsorted(self._starts, rows, side="right") - 1
-        for chunk_id in np.unique(chunk_ids):
-            positions = np.flatnonzero(chunk_ids == chunk_id)
-            chunk = self._chunks[chunk_id]
-            local = rows[positions] - chunk.start
-            if isinstance(chunk, _MemoryChunk):
-                out[positions] = chunk.values[local]
+        out = np.empty((len(indices), self.num_regions, self.feature_dim), dtype=self._dtype)
+        sources, offsets = self._source[indices], self._offset[indices]
+        for source_id in np.unique(sources):
+            positions = np.flatnonzero(sources == source_id)
+            source = self._sources[source_id]
+            if isinstance(source, str):
+                self._read_rows(source, offsets[positions], out, positions)
             else:
-                self._read_rows(chunk, local, out, positions)
+                for position, start in zip(positions.tolist(), offsets[positions].tolist()):
+                    out[position] = source[start:start + self._row_values].reshape(self.num_regions, self.feature_dim)
         return out if out.dtype == np.float16 else out.astype(np.float16)
 
-    def _read_rows(self, chunk: _FileChunk, local: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
-        fd = self._fd(chunk.path)
-        for position, row in zip(positions.tolist(), local.tolist()):
+    def _read_rows(self, path: str, offsets: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        fd = self._fd(path)
+        for position, offset in zip(positions.tolist(), offsets.tolist()):
             target = memoryview(out[position]).cast("B")
-            offset = chunk.offset + row * self._row_bytes
             done = 0
             while done < self._row_bytes:
                 count = os.preadv(fd, [target[done:]], offset + done)
                 if count <= 0:
-                    raise OSError(f"short read from {chunk.path} at byte {offset + done}: the file is truncated")
+                    raise OSError(f"short read from {path} at byte {offset + done}: the file is truncated")
                 done += count
 
     def iter_batches(

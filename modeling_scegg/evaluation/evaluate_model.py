@@ -20,6 +20,7 @@ def predict_split(model: SCEGGModel, reader: RegionFeatureReader, batch_size: in
     device = model.class_attributes.device
     unseen = torch.tensor(model.config.unseen_class_ids)
     gzsl, czsl, dense = [], [], []
+    batch_size = reader.batch_rows(batch_size)
     for features, _ in tqdm(reader.iter_batches(batch_size), total=-(-len(reader) // batch_size), desc="evaluate"):
         output = model(torch.from_numpy(features).to(device, torch.float32))
         gzsl.append(output.logits.argmax(-1).cpu())

@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 from transformers import HfArgumentParser
 
 from ..data.attribute_text import DEFAULT_ATTRIBUTE_ENCODER
+from .precision import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class SCEGGTrainingArguments:
 
     dataset: str = field(default="synthetic", metadata={"help": "synthetic, CUB, SUN, AWA2, a dataset folder/Hub id or an image folder"})
     data_dir: str | None = field(default=None, metadata={"help": "root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default ~/.cache/scegg)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default: scegg/ in the Hugging Face datasets cache, HF_DATASETS_CACHE or $HF_HOME/datasets)"})
     class_attributes_file: str | None = field(default=None, metadata={"help": "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)"})
     image_backbone: str | None = field(default=None, metadata={"help": "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, or 'random' (tests only)"})
     attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors"})
@@ -80,7 +81,7 @@ class SCEGGTrainingArguments:
     stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
     calibration: Literal["auto", "validation", "none"] = field(default="auto", metadata={"help": "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val classes as pseudo-unseen), never on test, in a run of its own on that view; results report calibrated and raw GZSL side by side. auto: validation where the data has train_sub / val splits, else none"})
     published_protocol: Literal["off", "classifier", "full"] = field(default="off", metadata={"help": "also report the published, TEST-selected numbers (labelled so, never in the model card's model-index): classifier = the best classifier epoch on test after the last stage-3 epoch; full = as the published code, classifiers trained and scored on test after every stage-3 epoch, best classifier epoch of each, then the best stage-3 epoch"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16, bf16 or auto; default: what `accelerate config` / `accelerate launch --mixed_precision` set, else auto (bf16 where the device has native bf16 matmuls, float32 elsewhere)"})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps of a stage"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     log_with: str | None = field(default="auto", metadata={"help": "Accelerate tracker: auto (tensorboard when installed), tensorboard, none"})
@@ -93,8 +94,7 @@ class SCEGGTrainingArguments:
         _check_choices(self)
         if self.stage3_eval_every and self.selection != "validation":
             raise ValueError("--stage3_eval_every only applies with --selection validation")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
         for name in ("batch_size", "syn_num", "critic_iters", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

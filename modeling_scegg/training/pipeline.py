@@ -28,7 +28,11 @@ from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
-from .classifiers import best_epochs, score_classifier_schedule, train_and_evaluate_classifiers
+from .classifiers import (
+    best_epochs,
+    score_classifier_schedule,
+    train_and_evaluate_classifiers,
+)
 from .common import RunContext, silence_noisy_loggers
 from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1

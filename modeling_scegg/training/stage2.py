@@ -2,40 +2,78 @@
 reproduce the local scores p_l (L_SCR, Eq. 8 / 17). This head then guides stage 3."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 from ..data.sampling import ClassBalancedSampler
-from ..modeling_scegg import global_embedding_cross_entropy_eq7, semantic_consistent_regression_loss_eq8
-from .common import RunContext, optimizer_step, run_steps, scen_optimizer
+from ..modeling_scegg import (
+    global_embedding_cross_entropy_eq7,
+    semantic_consistent_regression_loss_eq8,
+)
+from .checkpointing import StageState
+from .common import (
+    RunContext,
+    optimizer_step,
+    release_stage_memory,
+    run_steps,
+    scen_optimizer,
+)
 
 
-def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
+@dataclass
+class Stage2Run:
+    """Everything one stage-2 step needs: the prepared head and optimizer and the cached g, p_l."""
+
+    accelerator: Accelerator
+    head: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    features: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor
+    sampler: ClassBalancedSampler
+    seen: torch.Tensor
+    batch_size: int
+    objective: str
+    regression_loss: str
+
+
+def prepare_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> Stage2Run:
     """`train_cache` holds scaled `features` (N, D), `local_scores` (N, C) and `labels` (N,)."""
     accelerator = ctx.make_accelerator()
     model, config = ctx.model, ctx.model.config
     head = model.scen.regression_head.train()
     optimizer = scen_optimizer(ctx.args.stage2_optimizer, head.parameters(), ctx.args.stage2_lr)
     head, optimizer = accelerator.prepare(head, optimizer)
-    features = train_cache["features"].to(accelerator.device)
-    targets = train_cache["local_scores"].to(accelerator.device)
-    sampler = ClassBalancedSampler(train_cache["labels"].numpy())
-    labels = train_cache["labels"].to(accelerator.device)
-    seen = model.seen_class_ids.to(accelerator.device)
-    state = ctx.stage_state("stage2", accelerator)
+    device = accelerator.device
+    return Stage2Run(accelerator=accelerator, head=head, optimizer=optimizer, features=train_cache["features"].to(device),
+                     targets=train_cache["local_scores"].to(device), labels=train_cache["labels"].to(device),
+                     sampler=ClassBalancedSampler(train_cache["labels"].numpy()), seen=model.seen_class_ids.to(device),
+                     batch_size=ctx.args.batch_size, objective=config.stage2_objective,
+                     regression_loss=config.regression_loss)
 
-    def step(state) -> dict[str, float]:
-        indices = torch.from_numpy(sampler.sample(ctx.args.batch_size, state.numpy_rng))
-        indices = indices.to(accelerator.device)
-        scores = head(features[indices])
-        if config.stage2_objective == "regression":
-            loss = semantic_consistent_regression_loss_eq8(scores, targets[indices], config.regression_loss)
-        else:
-            loss = global_embedding_cross_entropy_eq7(scores, labels[indices], seen)
-        return {"loss": optimizer_step(accelerator, optimizer, loss)}
 
-    run_steps(ctx, accelerator, "stage2", ctx.args.stage2_iters, state, step)
-    accelerator.free_memory()
+def stage2_step(run: Stage2Run, state: StageState) -> dict[str, torch.Tensor]:
+    """One L_SCR step (or the cross-entropy of the "w/o L_SCR" ablation) on a balanced batch."""
+    indices = torch.from_numpy(run.sampler.sample(run.batch_size, state.numpy_rng)).to(run.accelerator.device)
+    scores = run.head(run.features[indices])
+    if run.objective == "regression":
+        loss = semantic_consistent_regression_loss_eq8(scores, run.targets[indices], run.regression_loss)
+    else:
+        loss = global_embedding_cross_entropy_eq7(scores, run.labels[indices], run.seen)
+    return {"loss": optimizer_step(run.accelerator, run.optimizer, loss)}
+
+
+def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
+    """Train the regression head for `stage2_iters` iterations (resumable)."""
+    run = prepare_stage2(ctx, train_cache)
+    state = ctx.stage_state("stage2", run.accelerator)
+    run_steps(ctx, run.accelerator, "stage2", ctx.args.stage2_iters, state, lambda s: stage2_step(run, s))
+    accelerator = run.accelerator
+    del run  # the networks stay in the model; the optimizer state goes
+    release_stage_memory(accelerator)
 
 
 @torch.no_grad()

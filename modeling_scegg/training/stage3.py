@@ -41,7 +41,7 @@ from ..modeling_scegg import (
     wgan_critic_loss_eq11,
 )
 from .checkpointing import StageState
-from .common import RunContext, run_steps
+from .common import RunContext, adam, release_stage_memory, run_steps
 
 NETWORKS = ("encoder", "generator", "critic", "decoder", "feedback")
 
@@ -92,7 +92,7 @@ def _prepare(ctx: RunContext, accelerator: Accelerator) -> tuple[dict[str, nn.Mo
     """Adam for every network: default betas for E, TF-VAEGAN's (0.5, 0.999) for the others."""
     eggn, rates = ctx.model.eggn, learning_rates(ctx)
     modules = [getattr(eggn, name) for name in NETWORKS]
-    optimizers = [torch.optim.Adam(module.parameters(), lr=rates[name], **({} if name == "encoder" else {"betas": TFVAEGAN_BETAS}))
+    optimizers = [adam(module.parameters(), rates[name], **({} if name == "encoder" else {"betas": TFVAEGAN_BETAS}))
                   for name, module in zip(NETWORKS, modules)]
     prepared = accelerator.prepare(*modules, *optimizers)
     count = len(NETWORKS)
@@ -140,11 +140,21 @@ def critic_step(s: Stage3State, feedback_weight: float) -> tuple[torch.Tensor, t
     with torch.no_grad():
         fake, _, _ = reconstruct(s, x, a, feedback_weight)
     penalty = gradient_penalty_eq11(nets["critic"], x, fake, a, s.stream.torch_rng)
-    wasserstein = wgan_critic_loss_eq11(nets["critic"](x, a), nets["critic"](fake, a), config.gamma_d)
+    real_scores, fake_scores = nets["critic"](torch.cat([x, fake]), torch.cat([a, a])).chunk(2)  # one product of 2B rows
+    wasserstein = wgan_critic_loss_eq11(real_scores, fake_scores, config.gamma_d)
     loss = wasserstein + config.gamma_d * s.stream.extra["gp_lambda"] * penalty
     s.accelerator.backward(loss)
     optimizers["critic"].step()
     return loss.detach(), penalty.detach()
+
+
+def frozen_call(s: Stage3State, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+    """Network `name` as a fixed function of its inputs: gradients reach the inputs, never its
+    weights. The generator step needs the critic only this way (the published code freezes D
+    there), so autograd skips the critic's weight gradients and DDP's hooks on them never fire."""
+    module = s.accelerator.unwrap_model(s.nets[name])
+    weights = {key: value.detach() for key, value in module.named_parameters()}
+    return torch.func.functional_call(module, weights, inputs)
 
 
 def synthesis_loss(
@@ -174,7 +184,7 @@ def generator_step(s: Stage3State, feedback_weight: float, with_feedback: bool) 
         optimizers[name].zero_grad()
     recon, mean, log_var = reconstruct(s, x, a, feedback_weight)
     vae = tfvaegan_vae_loss_eq10(recon, x, mean, log_var)
-    adversarial = generator_adversarial_loss_eq11(nets["critic"](recon, a), config.gamma_g)
+    adversarial = generator_adversarial_loss_eq11(frozen_call(s, "critic", recon, a), config.gamma_g)
     predicted, _ = nets["decoder"](recon)
     l_vg = tfvaegan_loss_eq9(vae, adversarial, attribute_reconstruction_loss_eq12(predicted, a, config.decoder_loss),
                              config.lambda_r)
@@ -249,5 +259,7 @@ def train_stage3(
 
     run_steps(ctx, accelerator, "stage3", args.stage3_epochs * 2 * positions, s.stream, step)
     ctx.model.eggn.eval()
-    accelerator.free_memory()
-    return s.stream.extra.get("epoch_scores", {})
+    scores = s.stream.extra.get("epoch_scores", {})
+    del s  # the networks stay in the model; the optimizer state goes
+    release_stage_memory(accelerator)
+    return scores
