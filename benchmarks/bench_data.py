@@ -40,7 +40,8 @@ STEPS = ("convert", "reader", "fast_gather", "torch", "numpy")
 def _memory() -> dict[str, float]:
     """Peak RSS of this process plus the current anonymous / file-backed split (MiB)."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    mib = lambda key: float(status[key].split()[0]) / 1024 if key in status else float("nan")
+    def mib(key):
+        return float(status[key].split()[0]) / 1024 if key in status else float("nan")
     return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_anon_mib": mib("RssAnon"),
             "rss_file_mib": mib("RssFile")}
 
@@ -133,7 +134,7 @@ def _child(step: str, args) -> dict:
     command = [sys.executable, __file__, "--step", step, "--num_images", str(args.num_images), "--cache_dir", str(args.cache_dir),
                "--batch_size", str(args.batch_size), "--torch_batches", str(args.torch_batches)]
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    line = next(l for l in completed.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(text for text in completed.stdout.splitlines() if text.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
@@ -160,9 +161,11 @@ def main() -> None:
         results = {}
         for step in STEPS:
             results[step] = _child(step, args)
-            print(f"{step:8s} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results[step].items()),
+            cells = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results[step].items())
+            print(f"{step:8s} " + "  ".join(cells),
                   flush=True)
-        print(f"reader / with_format('torch') rows/s ratio: {results['reader']['rows_per_s'] / results['torch']['rows_per_s']:.1f}x")
+        ratio = results["reader"]["rows_per_s"] / results["torch"]["rows_per_s"]
+        print(f"reader / with_format('torch') rows/s ratio: {ratio:.1f}x")
         for other in ("fast_gather", "numpy"):
             print(f"reader / {other} rows/s ratio: {results['reader']['rows_per_s'] / results[other]['rows_per_s']:.1f}x")
     finally:

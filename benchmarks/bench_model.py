@@ -76,7 +76,8 @@ def main() -> None:
     batch = torch.rand(args.batch, cfg.num_regions, cfg.feature_dim, device=args.device)
     full = time_forward(model, batch, args.repeats)
     pooled = time_forward(build(args.device, dense_feature_source="pooled"), batch, args.repeats)
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    cpu = f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"forward of a batch of {args.batch} on {where} (median of {args.repeats}):")
     print(f"  SC-EGG            {1000 * full:9.1f} ms  ({args.batch / full:8.1f} images/s)")
     print(f"  pooled baseline   {1000 * pooled:9.1f} ms  (ratio SC-EGG / baseline = {full / pooled:.2f})")

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -120,7 +120,7 @@ def build_context(args, layout: Layout, output_dir: Path):
     with torch.no_grad():  # a trained-looking attention, so softmax and scores are not degenerate
         model.scen.local_embedding.attention_weight.normal_(0, 0.01)
     tracker = Accelerator(mixed_precision=train_args.mixed_precision)
-    ctx = RunContext(args=train_args, model=model.to(tracker.device), tracker=tracker,
+    ctx = RunContext(args=train_args, model=model.to(tracker.device), accelerator=tracker,
                      checkpoints=CheckpointManager(output_dir))
     return ctx, data
 
@@ -398,7 +398,11 @@ def unit_stage3(ctx, data, reference):
 
 
 def unit_classifier(ctx, data, reference):
-    from modeling_scegg.training.classifiers import _classifier_steps, prepare_classifier_data, train_epoch
+    from modeling_scegg.training.classifiers import (
+        _classifier_steps,
+        prepare_classifier_data,
+        train_epoch,
+    )
 
     cache = _train_cache(ctx, data)
     tests = {split: {"features": cache["features"][:64], "labels": cache["labels"][:64]}
@@ -608,7 +612,7 @@ def run_end_to_end(args) -> None:
             command = [sys.executable, __file__, "--child", impl, "--output_dir", str(Path(tmp) / impl),
                        *_forwarded(args)]
             completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-            line = next(l for l in completed.stdout.splitlines() if l.startswith("RESULT "))
+            line = next(text for text in completed.stdout.splitlines() if text.startswith("RESULT "))
             results[impl] = json.loads(line[len("RESULT "):])
             print(f"{impl}: " + json.dumps(results[impl]), flush=True)
     _print_end_to_end(args, layout, results)

@@ -50,8 +50,9 @@ def main() -> None:
         print(f"{name:<22} per-dimension std {x.std(0).mean():.3f}, within-class std {_within_class_std(x, y):.3f}")
     seen_means = _class_means(seen_x, seen_y, seen_y.unique())
     syn_means, real_means = _class_means(syn_x, syn_y, unseen), _class_means(unseen_x, unseen_y, unseen)
+    nearest_seen = torch.cdist(real_means, seen_means).min(1).values.mean()
     print(f"generated unseen class mean -> real mean of the same class: {(syn_means - real_means).norm(dim=1).mean():.3f}; "
-          f"real unseen class mean -> nearest real seen class mean: {torch.cdist(real_means, seen_means).min(1).values.mean():.3f}")
+          f"real unseen class mean -> nearest real seen class mean: {nearest_seen:.3f}")
     closer = torch.cdist(unseen_x, seen_means).min(1).values < torch.cdist(unseen_x, syn_means).min(1).values
     print(f"real unseen test images closer to a real seen class mean than to every generated unseen one: "
           f"{100 * closer.float().mean():.1f}%")

@@ -395,7 +395,8 @@ class Stage3:
 
     def _latent(self, f_global, att):
         means, log_var = self.E(f_global, att)
-        eps = torch.randn(means.shape, device=means.device)  # published: [batch_size, latent], which crashes on the short batches its sampler returns when Cs < B
+        # published: [batch_size, latent], which crashes on the short batches its sampler returns when Cs < B
+        eps = torch.randn(means.shape, device=means.device)
         return eps * torch.exp(0.5 * log_var) + means, means, log_var
 
     def critic_steps(self, loop: int) -> None:

@@ -26,7 +26,12 @@ sys.path.insert(0, str(REPO))
 from accuracy import DEFAULT_METADATA, SCHEDULE, STAGE3_EPOCHS, WIDTHS  # noqa: E402
 
 from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.training import load_data, parse_training_args, train_and_evaluate, validation_view  # noqa: E402
+from modeling_scegg.training import (  # noqa: E402
+    load_data,
+    parse_training_args,
+    train_and_evaluate,
+    validation_view,
+)
 from modeling_scegg.training.arguments import read_preset  # noqa: E402
 from modeling_scegg.training.classifiers import best_epochs  # noqa: E402
 
@@ -70,8 +75,8 @@ def main() -> None:
         if not (data_dir / dataset / f"feature_map_ResNet_101_{dataset}.hdf5").is_file():
             write_synthetic_benchmark(dataset, args.metadata_dir, data_dir)
         for name, flags in candidates(dataset).items():
-            runs = [view_scores(dataset, data_dir, flags, seed,
-                                Path(args.output_dir) / "runs" / f"{dataset}-{name.replace(' ', '_').replace(',', '')}-seed{seed}")
+            folder = f"{dataset}-{name.replace(' ', '_').replace(',', '')}"
+            runs = [view_scores(dataset, data_dir, flags, seed, Path(args.output_dir) / "runs" / f"{folder}-seed{seed}")
                     for seed in args.seeds]
             table[f"{dataset} {name}"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
             print(f"{dataset} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in table[f'{dataset} {name}'].items()), flush=True)

@@ -7,7 +7,12 @@ with the Auto classes, and marks them for ``register_for_auto_class`` so that
 loads with ``AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True)`` (or
 ``AutoModel`` / ``AutoImageProcessor``) without this package installed.
 """
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
 
 from .configuration_scegg import SCEGGConfig
 from .image_processing_scegg import SCEGGImageProcessor

@@ -54,7 +54,13 @@ def _predict(args: argparse.Namespace) -> int:
     import torch
 
     from .hub import load_image_processor, load_model
-    from .prediction import FEATURE_SUFFIXES, expand_inputs, predict_images, predict_region_features, write_predictions
+    from .prediction import (
+        FEATURE_SUFFIXES,
+        expand_inputs,
+        predict_images,
+        predict_region_features,
+        write_predictions,
+    )
 
     model = load_model(args.model, for_images=True).eval()
     files = expand_inputs(args.inputs)
@@ -243,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate, "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate,
+                "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

@@ -238,7 +238,8 @@ class SCEGGConfig(PretrainedConfig):
             raise ValueError(f"SCEGGConfig.refit_epochs must be [gzsl, czsl] epochs >= 1, got {self.refit_epochs}")
         lower, upper = self.gp_adapt_bounds
         if not 0 < lower <= upper:
-            raise ValueError(f"SCEGGConfig.gp_adapt_bounds must be (lower, upper) with 0 < lower <= upper, got {self.gp_adapt_bounds}")
+            raise ValueError("SCEGGConfig.gp_adapt_bounds must be (lower, upper) with 0 < lower <= upper, "
+                             f"got {self.gp_adapt_bounds}")
 
     def _validate_class_split(self) -> None:
         seen, unseen = self.seen_class_ids, self.unseen_class_ids

@@ -35,7 +35,8 @@ CUSTOM_PIPELINES = {
 }
 
 
-def as_image_model(model: SCEGGModel, config=None, extra_state: dict[str, torch.Tensor] | None = None) -> SCEGGForImageClassification:
+def as_image_model(model: SCEGGModel, config=None,
+                   extra_state: dict[str, torch.Tensor] | None = None) -> SCEGGForImageClassification:
     """`model`'s weights (plus `extra_state`, e.g. a backbone) in a SCEGGForImageClassification
     built for `config` (the model's own by default). Weights are shared, not copied."""
     config = copy.deepcopy(config if config is not None else model.config)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, snapshot_download
+from huggingface_hub import (
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    snapshot_download,
+)
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.repocard import metadata_load
 
@@ -77,6 +84,25 @@ class HubOfflineError(OSError):
 # ----------------------------------------------------------------------------------------------
 # Model card
 # ----------------------------------------------------------------------------------------------
+def _card_results(results: Mapping[str, Any], protocol: str) -> tuple[dict, dict | None]:
+    """The honest main numbers and, when given, the test-selected ones the card text shows beside
+    them; refusing a card whose main numbers are already test-selected and carry another set."""
+    main = _result_values(results, "results")
+    if results.get("published_protocol") is None:
+        return main, None
+    if protocol == "published":
+        raise ValueError("results: the main numbers already use protocol='published'; "
+                         "drop results['published_protocol'] or pass an honest protocol")
+    return main, _result_values(results["published_protocol"], "results['published_protocol']")
+
+
+def _card_template(base_template: str | os.PathLike | None) -> Path:
+    template = Path(base_template) if base_template is not None else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template not found: {template}")
+    return template
+
+
 def build_model_card(
     output_dir: str | os.PathLike,
     results: Mapping[str, Any],
@@ -101,13 +127,7 @@ def build_model_card(
     config = _read_config(folder)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    main = _result_values(results, "results")
-    published = None
-    if results.get("published_protocol") is not None:
-        if protocol == "published":
-            raise ValueError("results: the main numbers already use protocol='published'; "
-                             "drop results['published_protocol'] or pass an honest protocol")
-        published = _result_values(results["published_protocol"], "results['published_protocol']")
+    main, published = _card_results(results, protocol)
     model_name = repo_id.split("/")[-1] if repo_id else f"sc-egg-{dataset_name.split('/')[-1].lower()}"
     protocol_label, protocol_description = PROTOCOLS[protocol]
     card_data = ModelCardData(
@@ -123,12 +143,9 @@ def build_model_card(
         metrics=["accuracy"],
         datasets=[dataset_name] if "/" in dataset_name else None,
     )
-    template = Path(base_template) if base_template is not None else DEFAULT_TEMPLATE
-    if not template.is_file():
-        raise FileNotFoundError(f"model card template not found: {template}")
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template),
+        template_path=str(_card_template(base_template)),
         model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER,
         dataset_name=dataset_name,
@@ -138,16 +155,18 @@ def build_model_card(
         result_rows=_table_rows(main),
         published_rows=_table_rows(published) if published is not None else [],
         training_config=json.dumps(dict(training_args), indent=2, sort_keys=True, default=str),
-        num_classes=config["num_classes"],
-        num_seen=len(config["seen_class_ids"]),
-        num_unseen=len(config["unseen_class_ids"]),
-        num_attributes=config["num_attributes"],
-        num_regions=config["num_regions"],
-        feature_dim=config["feature_dim"],
-        runs_on_images=bool(config.get("backbone_config")),
+        **_card_sizes(config),
     )
     atomic_write_text(folder / "README.md", str(card))
     return card
+
+
+def _card_sizes(config: dict) -> dict[str, Any]:
+    """The model's sizes, as the card template names them, read from its config.json."""
+    return {"num_classes": config["num_classes"], "num_seen": len(config["seen_class_ids"]),
+            "num_unseen": len(config["unseen_class_ids"]), "num_attributes": config["num_attributes"],
+            "num_regions": config["num_regions"], "feature_dim": config["feature_dim"],
+            "runs_on_images": bool(config.get("backbone_config"))}
 
 
 def _read_config(folder: Path) -> dict:

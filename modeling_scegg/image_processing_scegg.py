@@ -17,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    PILImageResampling,
+    SizeDict,
+)
 
 DEFAULT_IMAGE_SIZE = 448
 

@@ -22,7 +22,7 @@ Eq.   symbol
 ====  ===========================================================================================
 1     `SCEGGLocalEmbeddingNetwork.attribute_attention` (attention over regions) and
       `.local_features` (h_n = sum_r a_nr r_r)
-2     `SCEGGLocalEmbeddingNetwork.local_embedding` (e_l[n] = h_n^T W_beta v_n)
+2     `SCEGGLocalEmbeddingNetwork.attribute_embedding` (e_l[n] = h_n^T W_beta v_n)
 3     `SCEGGLocalEmbeddingNetwork.local_class_scores` (p_l)
 4     `SCEGGSemanticCompression` (g = SC(h)); `SCEGGSemanticCompressionEmbeddingNetwork.compress`
       (the published attribute mean at runtime)
@@ -117,7 +117,7 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
         """Eq. 1: h_n, the attention-weighted sum of regions, (B, A, D)."""
         return attention @ regions
 
-    def local_embedding(self, local_features: torch.Tensor) -> torch.Tensor:
+    def attribute_embedding(self, local_features: torch.Tensor) -> torch.Tensor:
         """Eq. 2: e_l[n] = h_n^T W_beta v_n, the visual-to-semantic embedding, (B, A)."""
         projections = self.attribute_queries @ self.embedding_weight
         return (local_features * projections.unsqueeze(0)).sum(-1)
@@ -152,7 +152,7 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
         regions = F.normalize(region_features, dim=-1)
         attention = self.attribute_attention(regions)
         local = self.local_features(attention, regions)
-        scores = self.local_class_scores(self.local_embedding(local), class_attributes)
+        scores = self.local_class_scores(self.attribute_embedding(local), class_attributes)
         return local, attention, scores
 
 

@@ -13,7 +13,12 @@ import torch
 from .data import RegionFeatureReader, ZSLDataset
 from .evaluation import predict_split
 from .modeling_scegg import SCEGGModel
-from .visualization import plot_attention_maps, plot_per_class_accuracy, plot_training_curves, plot_tsne
+from .visualization import (
+    plot_attention_maps,
+    plot_per_class_accuracy,
+    plot_training_curves,
+    plot_tsne,
+)
 
 SYNTHETIC_PER_CLASS = 100  # t-SNE shows at most 100 points per class anyway
 

@@ -1,7 +1,7 @@
 """SCEGGConfig: CUB defaults, validation that names the field, JSON round trip."""
 import pytest
-
 from conftest import tiny_config_kwargs
+
 from modeling_scegg import SCEGGConfig
 
 

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from modeling_scegg.data import RegionFeatureReader, SyntheticConfig, generate_synthetic, load_zsl_dataset
-from modeling_scegg.data import save_zsl_dataset_to_hub_layout
+from modeling_scegg.data import (
+    RegionFeatureReader,
+    SyntheticConfig,
+    generate_synthetic,
+    load_zsl_dataset,
+    save_zsl_dataset_to_hub_layout,
+)
 
 CONFIG = SyntheticConfig(num_classes=7, num_unseen=2, num_val=1, num_attributes=6, num_regions=4, feature_dim=8,
                          word_dim=5, train_images_per_class=5, test_seen_images_per_class=2, test_unseen_images_per_class=3)
@@ -36,7 +41,8 @@ def test_folder_layout_and_readme(repo):
 
 def test_stock_datasets_reads_every_config(repo, tmp_path: Path):
     ds, folder = repo
-    load = lambda config, split: datasets.load_dataset(str(folder), config, split=split, streaming=True, cache_dir=str(tmp_path))
+    def load(config, split):
+        return datasets.load_dataset(str(folder), config, split=split, streaming=True, cache_dir=str(tmp_path))
     features = load("features", "test_unseen")
     assert features.features["region_features"] == datasets.Array2D((4, 8), "float16")
     assert features.features["label"].names == ds.semantics.class_names

@@ -95,7 +95,8 @@ def test_deterministic_and_seed_dependent(tmp_path: Path):
     a = generate_synthetic(TINY, tmp_path / "a")
     b = generate_synthetic(TINY)
     c = generate_synthetic(replace(TINY, seed=1))
-    take = lambda ds: RegionFeatureReader(ds.splits["test_unseen"]).take(np.arange(12))
+    def take(ds):
+        return RegionFeatureReader(ds.splits["test_unseen"]).take(np.arange(12))
     np.testing.assert_array_equal(take(a), take(b))
     np.testing.assert_array_equal(a.semantics.word_vectors, b.semantics.word_vectors)
     assert not np.array_equal(take(a), take(c))

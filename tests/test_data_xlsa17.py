@@ -204,7 +204,8 @@ def test_full_dataset_from_real_metadata(shared_data: Path, tmp_path: Path, name
         num_val = round(num_seen * len(locs["val_loc"]) / (len(locs["val_loc"]) + len(locs["train_loc"])))
     root = tmp_path / "data"
     toy = write_standard_layout(
-        root, name, locs=locs, att=table.attributes.T, original=table.original_attributes.T, names=table.class_names, num_unseen=num_unseen,
+        root, name, locs=locs, att=table.attributes.T, original=table.original_attributes.T, names=table.class_names,
+        num_unseen=num_unseen,
         num_classes=classes, feature_dim=2, grid=(2, 2), num_val=num_val, with_res101=False,
         word_vectors=np.zeros((1, 1)),
     )

@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 import torch
+from conftest import REPO_ROOT
 from PIL import Image
 
-from conftest import REPO_ROOT
 from modeling_scegg import SCEGGConfig, SCEGGModel
 
 

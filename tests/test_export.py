@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CROP, tiny_config_kwargs, tiny_image_processor, tiny_resnet
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-from conftest import TINY_CROP, tiny_config_kwargs, tiny_image_processor, tiny_resnet
 from modeling_scegg import SCEGGConfig, SCEGGForImageClassification, SCEGGImageProcessor, SCEGGModel
 from modeling_scegg.cli import main
-from modeling_scegg.data.backbone import RegionFeatureExtractor
-from modeling_scegg.data.backbone import backbone_id
+from modeling_scegg.data.backbone import RegionFeatureExtractor, backbone_id
 from modeling_scegg.export import attach_backbone, save_model
 
 

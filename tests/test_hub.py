@@ -8,10 +8,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import ModelCard
-from huggingface_hub.errors import OfflineModeIsEnabled
-from safetensors.torch import save_file
-
 from conftest import REPO_ROOT
 from hub_server import (  # noqa: F401 - fixtures are used by name
     DATASET_VIEWER_HOST,
@@ -20,6 +16,10 @@ from hub_server import (  # noqa: F401 - fixtures are used by name
     hub_server,
     run_client,
 )
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import OfflineModeIsEnabled
+from safetensors.torch import save_file
+
 from modeling_scegg import hub
 from modeling_scegg.hub import (
     HubOfflineError,

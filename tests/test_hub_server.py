@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from hub_server import (  # noqa: F401 - fixtures are used by name
     DATASET_VIEWER_HOST,
     GUARD_MARKER,

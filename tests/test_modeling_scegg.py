@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO_ROOT, TINY_CROP, tiny_config_kwargs
+
 from modeling_scegg import SCEGGConfig, SCEGGForImageClassification, SCEGGModel
 from modeling_scegg import modeling_scegg as mm
 
@@ -92,7 +92,7 @@ def test_attend_is_eq_1_to_3_without_local_features(tiny_model):
     torch.testing.assert_close(regions, F.normalize(x, dim=-1))
     torch.testing.assert_close(fast_attention, attention)
     torch.testing.assert_close(fast_scores, scores)
-    torch.testing.assert_close(local.attended_embedding(attention, regions), local.local_embedding(h))
+    torch.testing.assert_close(local.attended_embedding(attention, regions), local.attribute_embedding(h))
 
 
 @pytest.mark.parametrize("num_regions", [2, 9])  # R (A + D) below and above A D: both product orders
@@ -467,9 +467,8 @@ def test_a_model_without_backbone_points_to_attach_backbone(tiny_model):
 
 
 def test_backbone_of_other_width_is_refused():
-    from transformers import ResNetConfig
-
     from conftest import TINY_BACKBONE
+    from transformers import ResNetConfig
 
     backbone = ResNetConfig(**TINY_BACKBONE, out_features=["stage4"])
     with pytest.raises(ValueError, match="12 channels but the model reads region features of feature_dim=10"):

@@ -6,14 +6,14 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-from transformers import pipeline
-
 from conftest import tiny_image_processor, tiny_resnet
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
+from PIL import Image
+from test_export import region_model
+from transformers import pipeline
+
 from modeling_scegg.export import attach_backbone, save_model
 from modeling_scegg.hub import build_model_card, model_files_to_push
-from test_export import region_model
 
 REPO = "alice/sc-egg-pictures"
 RESULTS = {"czsl_acc": 50.0, "gzsl_unseen": 40.0, "gzsl_seen": 60.0, "gzsl_h": 48.0}

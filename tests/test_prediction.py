@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import tiny_image_processor, tiny_resnet
+from PIL import Image
+from test_export import region_model
+
 from modeling_scegg.cli import main
 from modeling_scegg.export import attach_backbone, save_model
-from test_export import region_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
 
 
 def _pictures(folder: Path, count: int = 5) -> list[Path]:

@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from modeling_scegg.training.arguments import BUILTIN_PRESETS, DEFAULT_PRESETS, parse_training_args, read_preset, shipped_presets
 
 

@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from test_training_pipeline import tiny_argv
-from modeling_scegg.data import load_zsl_dataset
+
 from modeling_scegg.training import parse_training_args
 from modeling_scegg.training.pipeline import load_data
 

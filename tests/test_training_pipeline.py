@@ -132,8 +132,9 @@ def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):
         main(["evaluate", str(out), "synthetic", "--cache_dir", str(tmp_path / "cache")])
     assert main(["plot", str(out), str(tmp_path / "layout"), "--cache_dir", str(tmp_path / "cache"),
                  "--output", str(tmp_path / "plots"), "--attention_images", "1"]) == 0
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["attention_test_unseen_0.png", "gzsl_per_class_test_seen.png",
-                                                                  "gzsl_per_class_test_unseen.png", "tsne_dense_features.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "attention_test_unseen_0.png", "gzsl_per_class_test_seen.png", "gzsl_per_class_test_unseen.png",
+        "tsne_dense_features.png"]
 
 
 def test_fresh_run_refuses_to_mix_with_an_unfinished_run(tmp_path, cache_dir):
@@ -179,7 +180,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, kill_a
         assert resumed[key] == reference[key], key
     a = SCEGGModel.from_pretrained(tmp_path / "reference").state_dict()
     b = SCEGGModel.from_pretrained(out).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 @pytest.mark.parametrize("variant", ["published", "paper"])
@@ -234,9 +235,9 @@ def test_an_image_folder_trains_into_a_model_that_classifies_pictures(tmp_path, 
     """Pictures in, class names out, with nothing but the output folder: the extraction backbone,
     the image processor and the pipeline travel with the model, and the attribute names (no word
     vectors in the data) were embedded by the sentence encoder rather than left at zero."""
+    from conftest import tiny_resnet
     from transformers import pipeline
 
-    from conftest import tiny_resnet
     from modeling_scegg import SCEGGForImageClassification
     from modeling_scegg.data.backbone import backbone_id
 
@@ -281,7 +282,8 @@ def _without_class(data, dropped: int):
                                            "label": labels - (labels > dropped),
                                            "global_features": columns["global_features"][keep]}, features=features)
     remaining = build_semantics(
-        attributes=np.delete(semantics.attributes, dropped, 0), original_attributes=np.delete(semantics.original_attributes, dropped, 0),
+        attributes=np.delete(semantics.attributes, dropped, 0),
+        original_attributes=np.delete(semantics.original_attributes, dropped, 0),
         class_names=names, split_labels={s: np.asarray(t["label"]) for s, t in splits.items()},
         word_vectors=semantics.word_vectors, attribute_names=semantics.attribute_names, source="without one class")
     return ZSLDataset("without_one_class", DatasetDict(splits), remaining)

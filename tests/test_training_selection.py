@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from datasets import DatasetDict
+from test_training_pipeline import tiny_argv
 
 from modeling_scegg import SCEGGModel
 from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
@@ -11,7 +12,6 @@ from modeling_scegg.evaluation import evaluate_model
 from modeling_scegg.training import parse_training_args, run_pipeline
 from modeling_scegg.training.pipeline import load_data
 from modeling_scegg.training.selection import validation_view
-from test_training_pipeline import tiny_argv
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Stage 1: the network training runs computes the SCEN's explicit equations, gradients included."""
 import pytest
 import torch
-
 from conftest import tiny_config_kwargs
+
 from modeling_scegg import SCEGGConfig, SCEGGModel
 from modeling_scegg.modeling_scegg import stage1_loss_eq16
 from modeling_scegg.training.stage1 import Stage1Network

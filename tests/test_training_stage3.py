@@ -3,8 +3,8 @@ order of the two feedback loops, and unseen fakes of L_UCE made without feedback
 import pytest
 import torch
 from accelerate import Accelerator
-
 from conftest import tiny_config_kwargs
+
 from modeling_scegg import SCEGGConfig, SCEGGModel
 from modeling_scegg.training import stage3
 from modeling_scegg.training.arguments import SCEGGTrainingArguments
@@ -18,7 +18,7 @@ def _context(tmp_path, config_overrides=None, **args) -> RunContext:
     model = SCEGGModel(config)
     model.set_class_semantics(torch.rand(6, 7), torch.randn(7, 6))
     defaults = dict(output_dir=str(tmp_path), batch_size=4, log_with="none", checkpoint_every=1000, stage3_epochs=2)
-    return RunContext(args=SCEGGTrainingArguments(**{**defaults, **args}), model=model, tracker=Accelerator(),
+    return RunContext(args=SCEGGTrainingArguments(**{**defaults, **args}), model=model, accelerator=Accelerator(),
                       checkpoints=CheckpointManager(tmp_path))
 
 

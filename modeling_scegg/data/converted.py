@@ -47,7 +47,8 @@ def save_converted(
     if subsets:
         with atomic_path(out_dir / SUBSETS_FILE) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.int64) for k, v in subsets.items()}, str(tmp))
-    atomic_write_text(out_dir / DATASET_JSON, json.dumps({"name": name, "format_version": FORMAT_VERSION, "source": source}, indent=1))
+    description = {"name": name, "format_version": FORMAT_VERSION, "source": source}
+    atomic_write_text(out_dir / DATASET_JSON, json.dumps(description, indent=1))
 
 
 def open_converted(out_dir: str | os.PathLike) -> ZSLDataset:

@@ -26,7 +26,13 @@ import numpy as np
 from datasets import Dataset, Features, IterableDataset, List, Value, load_dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .semantics import REQUIRED_SPLITS, VALIDATION_SPLITS, ClassSemantics, ZSLDataset, build_semantics
+from .semantics import (
+    REQUIRED_SPLITS,
+    VALIDATION_SPLITS,
+    ClassSemantics,
+    ZSLDataset,
+    build_semantics,
+)
 from .store import (
     GLOBAL_COLUMN,
     LABEL_COLUMN,
@@ -124,8 +130,10 @@ def save_zsl_dataset_to_hub_layout(ds: ZSLDataset, folder: str | os.PathLike) ->
         num_regions, feature_dim = region_shape(ds.splits["train"].features)
         rows_per_group = max(1, _ROW_GROUP_BYTES // (num_regions * feature_dim * 2))
         order = [s for s in REQUIRED_SPLITS + VALIDATION_SPLITS if s in ds.splits]
-        data_files = {FEATURES_CONFIG: {s: _write_parquet_shards(ds.splits[s], tmp / FEATURES_CONFIG, s, rows_per_group) for s in order}}
-        data_files[CLASSES_CONFIG] = {TABLE_SPLIT: _write_parquet_shards(_classes_table(ds.semantics), tmp / CLASSES_CONFIG, TABLE_SPLIT, 1000)}
+        data_files = {FEATURES_CONFIG: {s: _write_parquet_shards(ds.splits[s], tmp / FEATURES_CONFIG, s, rows_per_group)
+                                        for s in order}}
+        data_files[CLASSES_CONFIG] = {
+            TABLE_SPLIT: _write_parquet_shards(_classes_table(ds.semantics), tmp / CLASSES_CONFIG, TABLE_SPLIT, 1000)}
         data_files[ATTRIBUTES_CONFIG] = {
             TABLE_SPLIT: _write_parquet_shards(_attributes_table(ds.semantics), tmp / ATTRIBUTES_CONFIG, TABLE_SPLIT, 1000)
         }
@@ -156,7 +164,8 @@ def _iter_feature_batches(split: IterableDataset, rows: int) -> Iterator[dict[st
     for table in split.with_format("arrow").iter(batch_size=rows):
         chunks = table[REGION_COLUMN].chunks
         regions = np.concatenate([region_values(c, num_regions, feature_dim).to_numpy(zero_copy_only=False) for c in chunks])
-        batch = {REGION_COLUMN: regions.reshape(len(table), num_regions, feature_dim), LABEL_COLUMN: table[LABEL_COLUMN].to_numpy()}
+        batch = {REGION_COLUMN: regions.reshape(len(table), num_regions, feature_dim),
+                 LABEL_COLUMN: table[LABEL_COLUMN].to_numpy()}
         if GLOBAL_COLUMN in table.column_names:
             pooled = table[GLOBAL_COLUMN].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             batch[GLOBAL_COLUMN] = pooled.reshape(len(table), feature_dim)
@@ -215,7 +224,8 @@ def _convert_hub_layout(path_or_id: str, out_dir: Path, revision: str | None, hf
     semantics = build_semantics(
         attributes=np.asarray(_column(classes, "attributes", f"{source} ({CLASSES_CONFIG})"), dtype=np.float32),
         original_attributes=(
-            np.asarray(classes["original_attributes"], dtype=np.float32) if "original_attributes" in classes.column_names else None
+            np.asarray(classes["original_attributes"], dtype=np.float32)
+            if "original_attributes" in classes.column_names else None
         ),
         class_names=class_names,
         split_labels=labels,

@@ -436,6 +436,21 @@ def _build_backbone(weights: str | os.PathLike | ResNetModel | None) -> ResNetMo
     return build_resnet101(weights)
 
 
+def _image_splits(image_dir: Path, table: ClassTable, splits_file: str | os.PathLike | None, test_seen_fraction: float,
+                  seed: int) -> dict[str, list[str]]:
+    """The images of each source split, from the user's splits file or derived; none may be empty."""
+    images = list_images(image_dir, table.class_names)
+    splits = (
+        read_splits_file(splits_file, images, table)
+        if splits_file is not None
+        else derive_splits(images, table, test_seen_fraction, seed)
+    )
+    empty = [split for split in SOURCE_SPLITS if not splits[split]]
+    if empty:
+        raise ValueError(f"splits {empty} of {image_dir} hold no images; every split needs at least one")
+    return splits
+
+
 def load_image_folder(
     image_dir: str | os.PathLike,
     class_attributes_file: str | os.PathLike,
@@ -465,35 +480,18 @@ def load_image_folder(
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     table = read_class_table(class_attributes_file)
-    images = list_images(image_dir, table.class_names)
-    splits = (
-        read_splits_file(splits_file, images, table)
-        if splits_file is not None
-        else derive_splits(images, table, test_seen_fraction, seed)
-    )
-    empty = [split for split in SOURCE_SPLITS if not splits[split]]
-    if empty:
-        raise ValueError(f"splits {empty} of {image_dir} hold no images; every split needs at least one")
+    splits = _image_splits(image_dir, table, splits_file, test_seen_fraction, seed)
     attributes = normalized_attributes(table)
-    vectors = (
-        read_attribute_vectors(attribute_vectors_file, len(table.attribute_names))
-        if attribute_vectors_file is not None
-        else None
-    )
+    vectors = (None if attribute_vectors_file is None
+               else read_attribute_vectors(attribute_vectors_file, len(table.attribute_names)))
     model = _build_backbone(backbone_weights)
-    manifest = {
-        "class_names": table.class_names,
-        "splits": splits,
-        "crop_size": crop_size,
-        "resize_size": resize_size or crop_size,
-        "autocast": autocast,
-        "backbone_sha256": model_fingerprint(model),
-    }
+    # what the stored features depend on: a folder extracted with other settings is not reused
+    manifest = {"class_names": table.class_names, "splits": splits, "crop_size": crop_size,
+                "resize_size": resize_size or crop_size, "autocast": autocast, "backbone_sha256": model_fingerprint(model)}
     datasets_ = _stored_splits(out_dir, manifest, resume)
     if datasets_ is None:
-        extractor = RegionFeatureExtractor(
-            model, crop_size=crop_size, resize_size=resize_size, device=device, autocast=autocast
-        )
+        extractor = RegionFeatureExtractor(model, crop_size=crop_size, resize_size=resize_size, device=device,
+                                           autocast=autocast)
         datasets_ = _extract_and_store(
             extractor, image_dir, splits, table.class_names, out_dir, manifest, resume, chunk_size, batch_size, num_workers
         )

@@ -94,7 +94,8 @@ def _materialise(
 
 def _load_synthetic(config: SyntheticConfig, cache_dir: Path) -> ZSLDataset:
     out_dir = cache_dir / f"synthetic-{config.fingerprint()}"
-    return _materialise(out_dir, "synthetic", lambda out: write_synthetic_splits(config, out), {"synthetic_config": asdict(config)})
+    return _materialise(out_dir, "synthetic", lambda out: write_synthetic_splits(config, out),
+                        {"synthetic_config": asdict(config)})
 
 
 def _load_standard(name: str, data_dir: str | os.PathLike | None, cache_dir: Path) -> ZSLDataset:
@@ -181,6 +182,20 @@ def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:
     return None
 
 
+def _load_files(name_or_path: str, data_dir: str | os.PathLike | None, cache_dir: Path, revision: str | None) -> ZSLDataset:
+    """A dataset in the standard layout under `data_dir`, else a folder or Hub id in the hub layout."""
+    standard = _standard_name(name_or_path, data_dir)
+    if standard:
+        return _load_standard(standard, data_dir, cache_dir)
+    if Path(name_or_path).is_dir() or _HUB_ID.match(name_or_path):
+        return _load_hub_layout(name_or_path, cache_dir, revision)
+    raise ValueError(
+        f"unknown dataset '{name_or_path}': expected 'synthetic', a dataset name whose files are in the standard "
+        f"layout under data_dir (e.g. {list(STANDARD_DATASETS)}), an image folder (with class_attributes_file), "
+        "or a dataset folder / Hub id ('owner/name') in the hub layout"
+    )
+
+
 def load_zsl_dataset(
     name_or_path: str = "synthetic",
     data_dir: str | os.PathLike | None = None,
@@ -227,16 +242,8 @@ def load_zsl_dataset(
         dataset = _load_synthetic(synthetic_config or SyntheticConfig(), cache_dir)
     elif class_attributes_file is not None:
         dataset = _load_images(name_or_path, cache_dir, class_attributes_file, image_backbone, image_options or {})
-    elif _standard_name(name_or_path, data_dir):
-        dataset = _load_standard(_standard_name(name_or_path, data_dir), data_dir, cache_dir)
-    elif Path(name_or_path).is_dir() or _HUB_ID.match(name_or_path):
-        dataset = _load_hub_layout(name_or_path, cache_dir, revision)
     else:
-        raise ValueError(
-            f"unknown dataset '{name_or_path}': expected 'synthetic', a dataset name whose files are in the standard "
-            f"layout under data_dir (e.g. {list(STANDARD_DATASETS)}), an image folder (with class_attributes_file), "
-            "or a dataset folder / Hub id ('owner/name') in the hub layout"
-        )
+        dataset = _load_files(name_or_path, data_dir, cache_dir, revision)
     if clip_negative_attributes:
         dataset.semantics = clip_negative(dataset.semantics)
     if attribute_encoder is not None:

@@ -141,38 +141,10 @@ def _named(ids, class_names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def build_semantics(
-    *,
-    attributes: np.ndarray,
-    original_attributes: np.ndarray | None,
-    class_names: list[str],
-    split_labels: dict[str, np.ndarray],
-    word_vectors: np.ndarray | None,
-    attribute_names: list[str] | None,
-    source: str,
-) -> ClassSemantics:
-    """Derive seen/unseen/val classes from the split labels and check the whole class structure.
-
-    Seen classes are the labels of trainval ("train") and unseen those of test_unseen, as in
-    xlsa17; ``attributes`` (C, A) is L2-normalised per class here whatever the source gave.
-    """
-    attributes = check_matrix(attributes, source, "attributes", (None, None))
-    num_classes, num_attributes = attributes.shape
-    if len(class_names) != num_classes:
-        raise ValueError(
-            f"{source}: {len(class_names)} class names for {num_classes} classes in the attribute matrix (C, A) = {attributes.shape}"
-        )
-    if original_attributes is not None:
-        original_attributes = check_matrix(original_attributes, source, "original_attributes", attributes.shape)
-    if word_vectors is not None:
-        word_vectors = check_matrix(word_vectors, source, "word_vectors", (None, None))
-        if word_vectors.shape[0] != num_attributes:
-            raise ValueError(
-                f"{source}: word vectors have {word_vectors.shape[0]} rows (shape {word_vectors.shape}) but the "
-                f"attribute matrix has A = {num_attributes} attributes (shape {attributes.shape})"
-            )
-    if attribute_names is not None and len(attribute_names) != num_attributes:
-        raise ValueError(f"{source}: {len(attribute_names)} attribute names for A = {num_attributes} attributes")
+def _seen_and_unseen(split_labels: dict[str, np.ndarray], class_names: list[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seen (trainval) and unseen (test_unseen) class ids, after checking that the splits exist,
+    hold valid labels and partition the classes as a ZSL benchmark must."""
+    num_classes = len(class_names)
     missing = [s for s in REQUIRED_SPLITS if s not in split_labels]
     if missing:
         raise ValueError(f"{source}: missing splits {missing}, expected {list(REQUIRED_SPLITS)}")
@@ -197,6 +169,43 @@ def build_semantics(
             f"{source}: classes {_named(without_images, class_names)} have no images in trainval or test_unseen "
             f"(expected every one of the {num_classes} classes to be seen or unseen)"
         )
+    return seen, unseen
+
+
+def build_semantics(
+    *,
+    attributes: np.ndarray,
+    original_attributes: np.ndarray | None,
+    class_names: list[str],
+    split_labels: dict[str, np.ndarray],
+    word_vectors: np.ndarray | None,
+    attribute_names: list[str] | None,
+    source: str,
+) -> ClassSemantics:
+    """Derive seen/unseen/val classes from the split labels and check the whole class structure.
+
+    Seen classes are the labels of trainval ("train") and unseen those of test_unseen, as in
+    xlsa17; ``attributes`` (C, A) is L2-normalised per class here whatever the source gave.
+    """
+    attributes = check_matrix(attributes, source, "attributes", (None, None))
+    num_classes, num_attributes = attributes.shape
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{source}: {len(class_names)} class names for {num_classes} classes in the attribute matrix "
+            f"(C, A) = {attributes.shape}"
+        )
+    if original_attributes is not None:
+        original_attributes = check_matrix(original_attributes, source, "original_attributes", attributes.shape)
+    if word_vectors is not None:
+        word_vectors = check_matrix(word_vectors, source, "word_vectors", (None, None))
+        if word_vectors.shape[0] != num_attributes:
+            raise ValueError(
+                f"{source}: word vectors have {word_vectors.shape[0]} rows (shape {word_vectors.shape}) but the "
+                f"attribute matrix has A = {num_attributes} attributes (shape {attributes.shape})"
+            )
+    if attribute_names is not None and len(attribute_names) != num_attributes:
+        raise ValueError(f"{source}: {len(attribute_names)} attribute names for A = {num_attributes} attributes")
+    seen, unseen = _seen_and_unseen(split_labels, class_names, source)
     return ClassSemantics(
         attributes=l2_normalize_rows(attributes, source, "attributes"),
         original_attributes=original_attributes,
@@ -221,7 +230,8 @@ def _validation_classes(
     val, train_sub = _ids(split_labels["val"]), _ids(split_labels["train_sub"])
     both = np.intersect1d(val, train_sub)
     if len(both):
-        raise ValueError(f"{source}: classes {_named(both, class_names)} occur in both train_sub and val (val classes must be held out)")
+        raise ValueError(f"{source}: classes {_named(both, class_names)} occur in both train_sub and val "
+                         "(val classes must be held out)")
     stray = np.setdiff1d(np.union1d(val, train_sub), seen)
     if len(stray):
         raise ValueError(f"{source}: train_sub/val hold classes {_named(stray, class_names)} that are not seen classes")

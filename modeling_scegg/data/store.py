@@ -209,7 +209,8 @@ def write_split(
     where = f"write_split({out_dir})"
     try:
         written = _write_batches(
-            batches, features, tmp_dir / ARROW_FILE_NAME, rows_per_record_batch, num_rows, desc or f"writing {out_dir.name}", where
+            batches, features, tmp_dir / ARROW_FILE_NAME, rows_per_record_batch, num_rows, desc or f"writing {out_dir.name}",
+            where
         )
         if num_rows is not None and written != num_rows:
             raise ValueError(f"{where}: expected {num_rows} rows, the batches held {written}")
@@ -258,10 +259,10 @@ class _RowLocations:
     offset: list[np.ndarray] = field(default_factory=list)
     _ids: dict = field(default_factory=dict)
 
-    def add(self, key, make_source, count: int, first: int, stride: int) -> None:
+    def add(self, key, source: str | np.ndarray, count: int, first: int, stride: int) -> None:
         if key not in self._ids:
             self._ids[key] = len(self.sources)
-            self.sources.append(make_source())
+            self.sources.append(source)
         self.source.append(np.full(count, self._ids[key], dtype=np.int32))
         self.offset.append(first + stride * np.arange(count, dtype=np.int64))
 
@@ -317,9 +318,9 @@ class RegionFeatureReader:
                 mapped[root.address] = self._mapped_file(root, values, first, files)
             path = mapped[root.address]
             if path is not None:
-                locations.add(path, lambda: path, len(chunk), first - root.address, self._row_bytes)
-            else:
-                flat = lambda: np.frombuffer(buffer, dtype=self._dtype, count=buffer.size // self._dtype.itemsize)
+                locations.add(path, path, len(chunk), first - root.address, self._row_bytes)
+            else:  # a zero-copy view of the chunk's values
+                flat = np.frombuffer(buffer, dtype=self._dtype, count=buffer.size // self._dtype.itemsize)
                 locations.add(buffer.address, flat, len(chunk), values.offset, self._row_values)
         return locations
 

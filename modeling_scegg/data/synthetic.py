@@ -37,7 +37,13 @@ from datasets import Dataset, DatasetDict
 
 from .converted import open_converted, save_converted
 from .semantics import ClassSemantics, ZSLDataset, build_semantics
-from .store import GLOBAL_COLUMN, LABEL_COLUMN, REGION_COLUMN, region_feature_features, write_split
+from .store import (
+    GLOBAL_COLUMN,
+    LABEL_COLUMN,
+    REGION_COLUMN,
+    region_feature_features,
+    write_split,
+)
 
 # Bump when the generator's output for a given config changes, so caches are not reused.
 GENERATOR_VERSION = 2
@@ -98,18 +104,21 @@ class SyntheticConfig:
             raise ValueError(f"SyntheticConfig.num_val must lie in [0, {num_seen}) (seen classes), got {self.num_val}")
         if self.locations_per_attribute > self.num_regions:
             raise ValueError(
-                f"SyntheticConfig.locations_per_attribute ({self.locations_per_attribute}) exceeds num_regions ({self.num_regions})"
+                f"SyntheticConfig.locations_per_attribute ({self.locations_per_attribute}) exceeds "
+                f"num_regions ({self.num_regions})"
             )
         for name in ("attribute_density", "prototype_density"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"SyntheticConfig.{name} must lie in (0, 1], got {getattr(self, name)}")
-        counts = self.split_sizes or (self.train_images_per_class, self.test_seen_images_per_class, self.test_unseen_images_per_class)
+        counts = self.split_sizes or (self.train_images_per_class, self.test_seen_images_per_class,
+                                      self.test_unseen_images_per_class)
         if len(counts) != 3 or min(counts) < 1:
             raise ValueError(f"SyntheticConfig needs >= 1 image in trainval, test_seen and test_unseen, got {counts}")
         if self.split_sizes is not None:
             too_few = [(n, k) for n, k in zip(self.split_sizes, (num_seen, num_seen, self.num_unseen)) if n < k]
             if too_few:
-                raise ValueError(f"SyntheticConfig.split_sizes {self.split_sizes} gives some class no image (need >= 1 per class)")
+                raise ValueError(f"SyntheticConfig.split_sizes {self.split_sizes} gives some class no image "
+                                 "(need >= 1 per class)")
 
     @classmethod
     def cub_size(cls, num_images: int = 11788, seed: int = 0) -> "SyntheticConfig":

@@ -28,7 +28,12 @@ import numpy as np
 import scipy.io
 
 from ..atomic import atomic_path
-from .synthetic import SyntheticConfig, SyntheticWorld, render_images, visual_ingredients
+from .synthetic import (
+    SyntheticConfig,
+    SyntheticWorld,
+    render_images,
+    visual_ingredients,
+)
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
 from .xlsa17 import read_att_splits

@@ -278,7 +278,8 @@ def _checked_labels(h5: RegionHDF5, res: Res101 | None, files: StandardFiles) ->
         if len(from_h5) != h5.num_images:
             raise ValueError(f"{h5.path}: field 'labels' has {len(from_h5)} entries, expected N = {h5.num_images} (feature_map)")
     if res is not None and len(res.labels) != h5.num_images:
-        raise ValueError(f"{files.res101}: field 'labels' has {len(res.labels)} entries, expected N = {h5.num_images} ({h5.path})")
+        raise ValueError(f"{files.res101}: field 'labels' has {len(res.labels)} entries, "
+                         f"expected N = {h5.num_images} ({h5.path})")
     if from_h5 is not None and res is not None and not np.array_equal(from_h5, res.labels):
         raise ValueError(
             f"field 'labels' differs between {h5.path} (0-based) and {files.res101} (1-based, minus 1) "
@@ -286,7 +287,8 @@ def _checked_labels(h5: RegionHDF5, res: Res101 | None, files: StandardFiles) ->
         )
     labels = from_h5 if from_h5 is not None else (res.labels if res is not None else None)
     if labels is None:
-        raise ValueError(f"{files.name}: no image labels: neither {h5.path} nor a res101.mat next to {files.att_splits} has 'labels'")
+        raise ValueError(f"{files.name}: no image labels: neither {h5.path} nor a res101.mat next to {files.att_splits} "
+                         "has 'labels'")
     return labels
 
 
@@ -344,7 +346,8 @@ def convert_standard(files: StandardFiles, out_dir: str | os.PathLike) -> tuple[
         pooled = None if res is None else res.features
         if pooled is not None and pooled.shape[1] != h5.feature_dim:
             raise ValueError(
-                f"{files.res101}: field 'features' has D = {pooled.shape[1]}, but {h5.path} 'feature_map' has D = {h5.feature_dim}"
+                f"{files.res101}: field 'features' has D = {pooled.shape[1]}, "
+                f"but {h5.path} 'feature_map' has D = {h5.feature_dim}"
             )
         indices = {
             "train": np.sort(locs["trainval_loc"]),

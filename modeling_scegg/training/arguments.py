@@ -46,45 +46,73 @@ BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 class SCEGGTrainingArguments:
     """Training run settings; defaults follow the published code (README, "Paper and published code")."""
 
-    dataset: str = field(default="synthetic", metadata={"help": "synthetic, CUB, SUN, AWA2, a dataset folder/Hub id or an image folder"})
+    dataset: str = field(default="synthetic", metadata={"help": (
+        "synthetic, CUB, SUN, AWA2, a dataset folder/Hub id or an image folder")})
     data_dir: str | None = field(default=None, metadata={"help": "root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where converted Arrow features are kept (default: scegg/ in the Hugging Face datasets cache, HF_DATASETS_CACHE or $HF_HOME/datasets)"})
-    class_attributes_file: str | None = field(default=None, metadata={"help": "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)"})
-    image_backbone: str | None = field(default=None, metadata={"help": "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, or 'random' (tests only)"})
-    attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors"})
+    cache_dir: str | None = field(default=None, metadata={"help": (
+        "where converted Arrow features are kept (default: scegg/ in the Hugging Face datasets cache, HF_DATASETS_CACHE or "
+        "$HF_HOME/datasets)")})
+    class_attributes_file: str | None = field(default=None, metadata={"help": (
+        "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)")})
+    image_backbone: str | None = field(default=None, metadata={"help": (
+        "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, "
+        "or 'random' (tests only)")})
+    attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": (
+        "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors")})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of a dataset repo"})
     config: str | None = field(default=None, metadata={"help": "a preset JSON with 'model' and 'training' sections"})
     model_overrides: list[str] = field(default_factory=list, metadata={"help": "SCEGGConfig fields as key=value (JSON values)"})
-    synthetic_overrides: list[str] = field(default_factory=list, metadata={"help": "SyntheticConfig fields as key=value, for --dataset synthetic"})
+    synthetic_overrides: list[str] = field(default_factory=list, metadata={"help": (
+        "SyntheticConfig fields as key=value, for --dataset synthetic")})
     output_dir: str = field(default="outputs", metadata={"help": "model, results.json, plots and checkpoints go here"})
     seed: int = field(default=42, metadata={"help": "seed of every random stream of the run"})
     batch_size: int = field(default=64, metadata={"help": "per-process batch of every stage (class-balanced, always full)"})
     stage1_iters: int = field(default=2000, metadata={"help": "SCEN iterations (L_S1)"})
-    stage1_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
+    stage1_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": (
+        "rmsprop (published) or adam (paper, Sec. 4)")})
     stage1_lr: float = field(default=1e-4, metadata={"help": "stage-1 learning rate"})
     stage2_iters: int = field(default=4000, metadata={"help": "regression-head iterations (L_SCR)"})
-    stage2_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": "rmsprop (published) or adam (paper, Sec. 4)"})
+    stage2_optimizer: Literal["rmsprop", "adam"] = field(default="rmsprop", metadata={"help": (
+        "rmsprop (published) or adam (paper, Sec. 4)")})
     stage2_lr: float = field(default=1e-4, metadata={"help": "stage-2 learning rate"})
-    stage3_epochs: int = field(default=300, metadata={"help": "EGGN epochs (one epoch = ceil(N_train / batch) generator steps per feedback loop)"})
+    stage3_epochs: int = field(default=300, metadata={"help": (
+        "EGGN epochs (one epoch = ceil(N_train / batch) generator steps per feedback loop)")})
     stage3_lr: float = field(default=1e-4, metadata={"help": "learning rate of G and D (and of E, Dec, F unless set)"})
     encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of E (default: stage3_lr, as published)"})
-    decoder_lr: float = field(default=1e-4, metadata={"help": "learning rate of the attribute decoder Dec (published dec_lr: 1e-4 on every dataset)"})
-    feedback_lr: float | None = field(default=None, metadata={"help": "learning rate of F (published feed_lr: CUB 1e-5, SUN and AWA2 1e-4; default: stage3_lr)"})
-    stage3_pass_order: Literal["epoch", "batch"] = field(default="epoch", metadata={"help": "epoch: each stage-3 epoch runs all its batches without feedback, then all with (published); batch: alternate the two at every batch"})
+    decoder_lr: float = field(default=1e-4, metadata={"help": (
+        "learning rate of the attribute decoder Dec (published dec_lr: 1e-4 on every dataset)")})
+    feedback_lr: float | None = field(default=None, metadata={"help": (
+        "learning rate of F (published feed_lr: CUB 1e-5, SUN and AWA2 1e-4; default: stage3_lr)")})
+    stage3_pass_order: Literal["epoch", "batch"] = field(default="epoch", metadata={"help": (
+        "epoch: each stage-3 epoch runs all its batches without feedback, then all with (published); batch: alternate the "
+        "two at every batch")})
     critic_iters: int = field(default=5, metadata={"help": "critic steps per generator step"})
     syn_num: int = field(default=300, metadata={"help": "synthetic features per unseen class (also the classifier batch)"})
     classifier_epochs: int = field(default=25, metadata={"help": "epochs of the final GZSL and CZSL classifiers"})
     classifier_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the final classifiers"})
     eval_batch_size: int = field(default=256, metadata={"help": "batch of the feature caching pass and of evaluation"})
-    selection: Literal["fixed", "validation"] = field(default="fixed", metadata={"help": "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as pseudo-unseen) first"})
-    stage3_eval_every: int = field(default=0, metadata={"help": "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 epochs (0: keep --stage3_epochs)"})
-    calibration: Literal["auto", "validation", "none"] = field(default="auto", metadata={"help": "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val classes as pseudo-unseen), never on test, in a run of its own on that view; results report calibrated and raw GZSL side by side. auto: validation where the data has train_sub / val splits, else none"})
-    published_protocol: Literal["off", "classifier", "full"] = field(default="off", metadata={"help": "also report the published, TEST-selected numbers (labelled so, never in the model card's model-index): classifier = the best classifier epoch on test after the last stage-3 epoch; full = as the published code, classifiers trained and scored on test after every stage-3 epoch, best classifier epoch of each, then the best stage-3 epoch"})
-    mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16, bf16 or auto; default: what `accelerate config` / `accelerate launch --mixed_precision` set, else auto (bf16 where the device has native bf16 matmuls, float32 elsewhere)"})
+    selection: Literal["fixed", "validation"] = field(default="fixed", metadata={"help": (
+        "fixed: last epoch of fixed schedules; validation: choose the classifier epochs on the val split (val classes as "
+        "pseudo-unseen) first")})
+    stage3_eval_every: int = field(default=0, metadata={"help": (
+        "with --selection validation: also choose the stage-3 epoch count, scoring the validation view every N stage-3 "
+        "epochs (0: keep --stage3_epochs)")})
+    calibration: Literal["auto", "validation", "none"] = field(default="auto", metadata={"help": (
+        "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val "
+        "classes as pseudo-unseen), never on test, in a run of its own on that view; results report calibrated and raw GZSL "
+        "side by side. auto: validation where the data has train_sub / val splits, else none")})
+    published_protocol: Literal["off", "classifier", "full"] = field(default="off", metadata={"help": (
+        "also report the published, TEST-selected numbers (labelled so, never in the model card's model-index): classifier ="
+        " the best classifier epoch on test after the last stage-3 epoch; full = as the published code, classifiers trained "
+        "and scored on test after every stage-3 epoch, best classifier epoch of each, then the best stage-3 epoch")})
+    mixed_precision: str | None = field(default=None, metadata={"help": (
+        "no, fp16, bf16 or auto; default: what `accelerate config` / `accelerate launch --mixed_precision` set, else auto "
+        "(bf16 where the device has native bf16 matmuls, float32 elsewhere)")})
     checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps of a stage"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
-    log_with: str | None = field(default="auto", metadata={"help": "Accelerate tracker: auto (tensorboard when installed), tensorboard, none"})
+    log_with: str | None = field(default="auto", metadata={"help": (
+        "Accelerate tracker: auto (tensorboard when installed), tensorboard, none")})
     plots: bool = field(default=True, metadata={"help": "write t-SNE, attention and curve PNGs"})
     push_to_hub: bool = field(default=False, metadata={"help": "push the trained model, card and results to --hub_model_id"})
     hub_model_id: str | None = field(default=None, metadata={"help": "ORG/NAME to push the trained model to"})
@@ -185,7 +213,8 @@ def parse_training_args(argv: Sequence[str] | None = None, prog: str = "scegg tr
     pre.add_argument("--dataset", default="synthetic")
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser(SCEGGTrainingArguments, prog=prog,
-                              description="Train SC-EGG stage by stage (Accelerate); --dataset and --config set the defaults shown.")
+                              description="Train SC-EGG stage by stage (Accelerate); "
+                                          "--dataset and --config set the defaults shown.")
     default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
     preset = dataset_preset(known.config, known.dataset)
     parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
 from ..modeling_scegg import TFVAEGAN_BETAS
-from .common import RunContext, adam, optimizer_step, run_steps, sharded_map
+from .common import RunContext, adam, optimizer_step, restore_forward, run_steps, sharded_map
 
 
 @torch.no_grad()
@@ -79,7 +79,8 @@ class ClassifierData:
         # the symptom of a collapse to the seen classes: unseen test images called seen classes
         result["gzsl_unseen_as_seen"] = 100 * float(np.isin(predicted[len(gzsl_seen):], self.seen.numpy()).mean())
         if calibrate:
-            result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(), self.unseen.tolist())
+            result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(),
+                                                             self.unseen.tolist())
         return result
 
 
@@ -183,6 +184,7 @@ def train_and_evaluate_classifiers(
         return logs
 
     run_steps(ctx, accelerator, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
+    restore_forward(accelerator, gzsl, czsl)  # the final scores are what the saved model predicts
     model.gzsl_classifier.eval()
     model.czsl_classifier.eval()
     results = scores(seen_score_offset=seen_score_offset)
@@ -216,7 +218,8 @@ def score_classifier_schedule(
         train_epoch(gzsl, data.gzsl_x, data.gzsl_y, rng, args.syn_num, steps[0], device)
         train_epoch(czsl, data.czsl_x, data.czsl_y, rng, args.syn_num, steps[1], device)
         with torch.no_grad():
-            by_epoch.append(data.scores(_local_scores(gzsl, data.test_seen_x, device), _local_scores(gzsl, data.test_unseen_x, device),
+            by_epoch.append(data.scores(_local_scores(gzsl, data.test_seen_x, device),
+                                        _local_scores(gzsl, data.test_unseen_x, device),
                                         _local_scores(czsl, data.test_unseen_x, device), calibrate=calibrate))
     return by_epoch
 

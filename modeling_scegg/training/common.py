@@ -32,11 +32,13 @@ _STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "stage3": 3, "classifiers": 4}
 
 @dataclass
 class RunContext:
-    """Shared state of one pipeline run."""
+    """Shared state of one pipeline run. `accelerator` is the run's own Accelerator: it logs to
+    the trackers (TensorBoard), owns the process group that barriers use and says which process
+    is the main one; each stage builds another for the networks it trains (`make_accelerator`)."""
 
     args: SCEGGTrainingArguments
     model: SCEGGModel
-    tracker: Accelerator
+    accelerator: Accelerator
     checkpoints: CheckpointManager
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -50,7 +52,7 @@ class RunContext:
         return StageState(seed=seed + accelerator.process_index if per_process else seed)
 
     def log(self, stage: str, values: dict[str, float], step: int) -> None:
-        self.tracker.log({f"{stage}/{k}": v for k, v in values.items()}, step=step)
+        self.accelerator.log({f"{stage}/{k}": v for k, v in values.items()}, step=step)
 
 
 def run_steps(
@@ -141,10 +143,22 @@ def sharded_map(
     return {key: value[order] for key, value in merged.items()}
 
 
-def release_stage_memory(accelerator: Accelerator) -> None:
-    """Hand what a finished stage allocated back to the system: Accelerate's references, cycles,
-    and the freed heap pages that glibc keeps (after stage 3 at 7 x 7 x 512, ~300 MB of
-    optimizer state would otherwise stay resident into the classifier stage)."""
+def restore_forward(accelerator: Accelerator, *prepared: torch.nn.Module) -> None:
+    """Give networks prepared by a stage their own forward back. Accelerate wraps a prepared
+    network's forward in its autocast (bf16 where that is the run's mixed precision); left on the
+    model, the wrapper would make later stages and the evaluation compute in another precision
+    than the same networks loaded from a snapshot or a saved model, so a resumed run would not
+    match an uninterrupted one and results.json would not be what the saved model predicts."""
+    for module in prepared:
+        accelerator.unwrap_model(module, keep_fp32_wrapper=False)
+
+
+def release_stage_memory(accelerator: Accelerator, *prepared: torch.nn.Module) -> None:
+    """End a stage: its `prepared` networks get their own forward back (`restore_forward`), and
+    what it allocated goes back to the system: Accelerate's references, cycles, and the freed
+    heap pages that glibc keeps (after stage 3 at 7 x 7 x 512, ~300 MB of optimizer state would
+    otherwise stay resident into the classifier stage)."""
+    restore_forward(accelerator, *prepared)
     accelerator.free_memory()
     gc.collect()
     libc = ctypes.util.find_library("c")

@@ -100,7 +100,7 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
     return SCEGGConfig(**{**overrides, **fixed})
 
 
-def _tracker(args: SCEGGTrainingArguments) -> Accelerator:
+def _run_accelerator(args: SCEGGTrainingArguments) -> Accelerator:
     log_with = args.log_with
     if log_with == "auto":
         try:
@@ -257,7 +257,7 @@ class Run:
         return _Timer(self.progress["timings"], name)
 
     def finish(self, stage: str) -> None:
-        self.ctx.checkpoints.finish_stage(self.ctx.tracker, stage, _save_snapshot(self.ctx, self.caches, self.progress))
+        self.ctx.checkpoints.finish_stage(self.ctx.accelerator, stage, _save_snapshot(self.ctx, self.caches, self.progress))
 
     def pending(self, stage: str) -> bool:
         """Whether `stage` still has to run (a resumed run skips the finished ones)."""
@@ -275,24 +275,24 @@ class Run:
 
 def start_run(args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict | None = None, view: bool = False) -> Run:
     """A fresh model with the data's class semantics, or the newest snapshot with `--resume`."""
-    tracker = _tracker(args)
+    accelerator = _run_accelerator(args)
     checkpoints = CheckpointManager(args.output_dir)
     _check_output_dir(args, checkpoints)
     set_seed(args.seed)
     config = build_config(data, args.model_config_overrides())
     finished = checkpoints.last_finished_stage() if args.resume else None
     if finished:
-        model, caches, progress = _load_snapshot(checkpoints.snapshot_dir(finished), tracker.device)
+        model, caches, progress = _load_snapshot(checkpoints.snapshot_dir(finished), accelerator.device)
         logger.info(f"resuming after {finished}", main_process_only=True)
     else:
         torch.manual_seed(args.seed)
-        model = SCEGGModel(config).to(tracker.device)
+        model = SCEGGModel(config).to(accelerator.device)
         word_vectors = data.semantics.word_vectors
         model.set_class_semantics(torch.from_numpy(data.semantics.attributes),
                                   None if word_vectors is None else torch.from_numpy(word_vectors))
         caches, progress = {}, {"timings": {}}
-    tracker.init_trackers("scegg", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
-    ctx = RunContext(args=args, model=model, tracker=tracker, checkpoints=checkpoints,
+    accelerator.init_trackers("scegg", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+    ctx = RunContext(args=args, model=model, accelerator=accelerator, checkpoints=checkpoints,
                      history={k: [tuple(p) for p in v] for k, v in progress.get("history", {}).items()})
     return Run(ctx=ctx, data=data, caches=caches, progress=progress, done=STAGES.index(finished) + 1 if finished else 0,
                selection=selection, view=view)
@@ -372,10 +372,10 @@ def finish_run(run: Run) -> dict[str, Any]:
                                 [run.progress["results"]["classifier_epochs"][k] for k in ("gzsl", "czsl")],
                                 args.classifier_lr)
     results = _results(args, run.data, run.progress, run.selection)
-    if ctx.tracker.is_main_process:
+    if ctx.accelerator.is_main_process:
         _write_outputs(ctx, run.data, run.caches, results)
-    ctx.tracker.wait_for_everyone()
-    ctx.tracker.end_training()
+    ctx.accelerator.wait_for_everyone()
+    ctx.accelerator.end_training()
     return results
 
 
@@ -453,7 +453,8 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
 
 
-_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone")  # machine-specific, kept out of public cards
+# machine-specific, kept out of public cards
+_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone")
 
 
 def _feature_extractor(data: ZSLDataset) -> str:

@@ -23,7 +23,8 @@ def protocol_description(selection: dict, args) -> str:
             "held out as seen)")
     chosen = []
     if args.selection == "validation":
-        chosen.append("classifier epochs and the stage-3 epoch count" if selection.get("stage3_epochs_scored") else "classifier epochs")
+        scored = selection.get("stage3_epochs_scored")
+        chosen.append("classifier epochs and the stage-3 epoch count" if scored else "classifier epochs")
     if args.calibration == "validation":
         chosen.append("the calibrated-stacking seen-score offset")
     fixed = "" if selection.get("stage3_epochs_scored") else "; stages 1-3 run their fixed schedules"

@@ -98,12 +98,15 @@ def stage1_step(run: Stage1Run, state: StageState) -> dict[str, torch.Tensor]:
 
 def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
     """Train the SCEN for `stage1_iters` iterations (resumable)."""
+    # the networks stay in the model; the stage's optimizer state goes with its locals
+    release_stage_memory(*_stage1_steps(ctx, reader))
+
+
+def _stage1_steps(ctx: RunContext, reader: RegionFeatureReader) -> tuple[Accelerator, nn.Module]:
     run = prepare_stage1(ctx, reader)
     state = ctx.stage_state("stage1", run.accelerator)
     run_steps(ctx, run.accelerator, "stage1", ctx.args.stage1_iters, state, lambda s: stage1_step(run, s))
-    accelerator = run.accelerator
-    del run  # the networks stay in the model; the optimizer state goes
-    release_stage_memory(accelerator)
+    return run.accelerator, run.network
 
 
 @torch.no_grad()

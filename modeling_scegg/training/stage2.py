@@ -7,12 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch import nn
 
 from ..data.sampling import ClassBalancedSampler
-from ..modeling_scegg import (
-    global_embedding_cross_entropy_eq7,
-    semantic_consistent_regression_loss_eq8,
-)
+from ..modeling_scegg import global_embedding_cross_entropy_eq7, stage2_loss_eq17
 from .checkpointing import StageState
 from .common import (
     RunContext,
@@ -60,7 +58,7 @@ def stage2_step(run: Stage2Run, state: StageState) -> dict[str, torch.Tensor]:
     indices = torch.from_numpy(run.sampler.sample(run.batch_size, state.numpy_rng)).to(run.accelerator.device)
     scores = run.head(run.features[indices])
     if run.objective == "regression":
-        loss = semantic_consistent_regression_loss_eq8(scores, run.targets[indices], run.regression_loss)
+        loss = stage2_loss_eq17(scores, run.targets[indices], run.regression_loss)
     else:
         loss = global_embedding_cross_entropy_eq7(scores, run.labels[indices], run.seen)
     return {"loss": optimizer_step(run.accelerator, run.optimizer, loss)}
@@ -68,12 +66,15 @@ def stage2_step(run: Stage2Run, state: StageState) -> dict[str, torch.Tensor]:
 
 def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
     """Train the regression head for `stage2_iters` iterations (resumable)."""
+    # the head stays in the model; the stage's optimizer state goes with its locals
+    release_stage_memory(*_stage2_steps(ctx, train_cache))
+
+
+def _stage2_steps(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> tuple[Accelerator, nn.Module]:
     run = prepare_stage2(ctx, train_cache)
     state = ctx.stage_state("stage2", run.accelerator)
     run_steps(ctx, run.accelerator, "stage2", ctx.args.stage2_iters, state, lambda s: stage2_step(run, s))
-    accelerator = run.accelerator
-    del run  # the networks stay in the model; the optimizer state goes
-    release_stage_memory(accelerator)
+    return run.accelerator, run.head
 
 
 @torch.no_grad()

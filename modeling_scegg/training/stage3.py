@@ -188,7 +188,8 @@ def generator_step(s: Stage3State, feedback_weight: float, with_feedback: bool) 
     predicted, _ = nets["decoder"](recon)
     l_vg = tfvaegan_loss_eq9(vae, adversarial, attribute_reconstruction_loss_eq12(predicted, a, config.decoder_loss),
                              config.lambda_r)
-    egs = synthesis_loss(s, recon, a, y, feedback_weight) if config.lambda_s or config.lambda_u else torch.zeros((), device=x.device)
+    egs = (synthesis_loss(s, recon, a, y, feedback_weight) if config.lambda_s or config.lambda_u
+           else torch.zeros((), device=x.device))
     loss = stage3_loss_eq18(l_vg, egs)
     s.accelerator.backward(loss)
     optimizers["encoder"].step()
@@ -246,6 +247,16 @@ def train_stage3(
     keyed by epoch, checkpointed with the stage and returned: the validation run uses this to
     choose how many stage-3 epochs the real run trains."""
     accelerator = ctx.make_accelerator()
+    # the networks stay in the model; the stage's optimizer state goes with _stage3_steps' locals
+    scores, nets = _stage3_steps(ctx, accelerator, train_cache, epoch_scorer, score_every)
+    ctx.model.eggn.eval()
+    release_stage_memory(accelerator, *nets)
+    return scores
+
+
+def _stage3_steps(ctx: RunContext, accelerator: Accelerator, train_cache: dict[str, torch.Tensor],
+                  epoch_scorer: Callable[[int], list[dict[str, float]]] | None,
+                  score_every: int) -> tuple[dict, list[nn.Module]]:
     s = _stage3_state(ctx, accelerator, train_cache)
     args = ctx.args
     positions = steps_per_epoch(len(s.labels), args.batch_size, accelerator.num_processes)
@@ -258,8 +269,4 @@ def train_stage3(
         return logs
 
     run_steps(ctx, accelerator, "stage3", args.stage3_epochs * 2 * positions, s.stream, step)
-    ctx.model.eggn.eval()
-    scores = s.stream.extra.get("epoch_scores", {})
-    del s  # the networks stay in the model; the optimizer state goes
-    release_stage_memory(accelerator)
-    return scores
+    return s.stream.extra.get("epoch_scores", {}), list(s.nets.values())
