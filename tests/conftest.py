@@ -97,3 +97,14 @@ def tiny_model():
     model.set_class_semantics(torch.rand(6, 7), torch.randn(7, 6))
     model.scen.fit_scaler(torch.rand(30, 12))
     return model.eval()
+
+
+@pytest.fixture
+def bf16_accelerator():
+    """An Accelerator with bf16 autocast on the CPU, whatever this machine's default precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # the process-wide state is fixed at the first Accelerator
+    yield Accelerator(mixed_precision="bf16", cpu=True)
+    AcceleratorState._reset_state(True)

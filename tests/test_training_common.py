@@ -2,20 +2,10 @@
 saved model would load them, whatever mixed precision the stage trained in."""
 import copy
 
-import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from torch import nn
 
 from modeling_scegg.training.common import release_stage_memory
-
-
-@pytest.fixture
-def bf16_accelerator():
-    AcceleratorState._reset_state(True)  # the process-wide state is fixed at the first Accelerator
-    yield Accelerator(mixed_precision="bf16", cpu=True)
-    AcceleratorState._reset_state(True)
 
 
 def test_a_finished_stage_leaves_no_autocast_on_the_model(bf16_accelerator):

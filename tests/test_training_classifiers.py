@@ -1,0 +1,34 @@
+"""The final classifiers' inputs: [x, Dec(x), Dec_hidden(x)] built part by part, stored in the
+dtype their training autocast computes in."""
+import torch
+from conftest import tiny_config_kwargs
+from torch import nn
+
+from modeling_scegg import SCEGGConfig, SCEGGModel
+from modeling_scegg.training.arguments import SCEGGTrainingArguments
+from modeling_scegg.training.checkpointing import CheckpointManager
+from modeling_scegg.training.classifiers import autocast_dtype, classifier_inputs
+from modeling_scegg.training.common import RunContext
+
+
+def test_inputs_of_several_parts_are_those_of_their_concatenation(tmp_path):
+    torch.manual_seed(0)
+    model = SCEGGModel(SCEGGConfig(**tiny_config_kwargs()))
+    ctx = RunContext(args=SCEGGTrainingArguments(output_dir=str(tmp_path), log_with="none"), model=model,
+                     accelerator=None, checkpoints=CheckpointManager(tmp_path))
+    real, synthetic = torch.rand(7, 12), torch.rand(5, 12)
+    whole = model.classifier_features(torch.cat([real, synthetic]))
+    parts = classifier_inputs(ctx, [real, synthetic], chunk=3)
+    assert parts.shape == (12, model.config.classifier_input_dim)
+    torch.testing.assert_close(parts, whole)
+    assert classifier_inputs(ctx, [real, synthetic], torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_bf16_inputs_change_nothing_a_bf16_autocast_classifier_computes(bf16_accelerator):
+    assert autocast_dtype(bf16_accelerator.mixed_precision) == torch.bfloat16
+    assert autocast_dtype("no") == torch.float32
+    torch.manual_seed(0)
+    classifier = bf16_accelerator.prepare(nn.Linear(40, 9))
+    x = torch.randn(16, 40)
+    assert torch.equal(classifier(x.to(torch.bfloat16)), classifier(x))
+    assert not torch.equal(x.to(torch.bfloat16).float(), x)  # though the stored inputs are rounded
