@@ -24,6 +24,7 @@ from .common import (
     run_steps,
     scen_optimizer,
     sharded_map,
+    trim_heap,
 )
 
 
@@ -123,6 +124,8 @@ def compute_dense_features(ctx: RunContext, reader: RegionFeatureReader, with_lo
         out = {"features": raw["features"].float()}
         if with_local_scores and raw["local_scores"] is not None:
             out["local_scores"] = raw["local_scores"].float()
+        del regions, raw
+        trim_heap()  # each batch is tens of MB at CUB size: keep the heap from growing over the pass
         return out
 
     result = sharded_map(accelerator, len(reader), reader.batch_rows(ctx.args.eval_batch_size), compute)
