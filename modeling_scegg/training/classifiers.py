@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch import nn
 
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
 from ..modeling_scegg import TFVAEGAN_BETAS
@@ -184,9 +185,20 @@ def train_and_evaluate_classifiers(
     scores are returned for a caller that selects epochs (on validation data) or reports the
     published, test-selected numbers, and never feed back into training. The final GZSL scores
     are calibrated by `seen_score_offset`, with the uncalibrated ones beside them."""
-    args, model = ctx.args, ctx.model
-    gzsl_epochs, czsl_epochs = epochs or (args.classifier_epochs, args.classifier_epochs)
     accelerator = ctx.make_accelerator()
+    # the stage's inputs (at CUB size ~0.5 GB) are _classifier_stage's locals: gone before the heap is trimmed
+    results, by_epoch, prepared = _classifier_stage(ctx, accelerator, train_cache, test_caches,
+                                                    epochs or (ctx.args.classifier_epochs,) * 2,
+                                                    score_every_epoch, calibrate, seen_score_offset)
+    release_stage_memory(accelerator, *prepared)
+    return results, by_epoch
+
+
+def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: dict[str, torch.Tensor],
+                      test_caches: dict[str, dict[str, torch.Tensor]], epochs: tuple[int, int], score_every_epoch: bool,
+                      calibrate: bool, seen_score_offset: float) -> tuple[dict, list[dict], tuple[nn.Module, nn.Module]]:
+    args, model = ctx.args, ctx.model
+    gzsl_epochs, czsl_epochs = epochs
     data = prepare_classifier_data(ctx, train_cache, test_caches, autocast_dtype(accelerator.mixed_precision))
     gzsl, czsl = accelerator.prepare(model.gzsl_classifier.train(), model.czsl_classifier.train())
     steps = _classifier_steps(accelerator, (gzsl, czsl), args.classifier_lr)
@@ -217,9 +229,7 @@ def train_and_evaluate_classifiers(
         results["uncalibrated"] = {k: v for k, v in scores().items() if k.startswith("gzsl_")}
     results.update(num_test_seen=int(len(data.test_seen_x)), num_test_unseen=int(len(data.test_unseen_x)),
                    num_synthetic_per_class=args.syn_num, classifier_epochs={"gzsl": gzsl_epochs, "czsl": czsl_epochs})
-    del data  # the stage's inputs (at CUB size ~0.5 GB) go before the heap is trimmed
-    release_stage_memory(accelerator, gzsl, czsl)
-    return results, state.extra.get("scores_by_epoch", [])
+    return results, state.extra.get("scores_by_epoch", []), (gzsl, czsl)
 
 
 def score_classifier_schedule(
