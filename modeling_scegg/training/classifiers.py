@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
+from ..data.backbone import AUTOCAST_DTYPES
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
 from ..modeling_scegg import TFVAEGAN_BETAS
 from .common import (
@@ -52,7 +53,7 @@ def autocast_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype autocast casts a Linear's input to under `mixed_precision`. Classifiers trained
     under that autocast compute exactly the same from inputs stored in it, and the stage's
     largest tensor halves (at CUB size, 22k training rows of 6456 inputs: 570 MB in float32)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+    return AUTOCAST_DTYPES.get(mixed_precision, torch.float32)
 
 
 def synthesize_unseen(ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import sys
@@ -171,9 +172,16 @@ def trim_heap() -> None:
     """Return the heap's free pages to the system (glibc's malloc_trim; nothing elsewhere).
     Batches of tens of MB that come and go leave glibc's heap fragmented and growing: over the
     caching pass at 14 x 14 x 2048 it grew by ~0.9 GB without this."""
-    libc = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
-        ctypes.CDLL(libc).malloc_trim(0)
+    malloc_trim = _malloc_trim()
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (the caching pass calls it after every batch)."""
+    libc = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
 
 def silence_noisy_loggers() -> None:
