@@ -1,12 +1,17 @@
-"""The `image-classification` pipeline of SC-EGG checkpoints, with the zero-shot switch.
+"""The pipelines of SC-EGG checkpoints: `image-classification` (with the zero-shot switch) and
+`zero-shot-image-classification` (candidate labels, as CLIP users classify).
 
-`pipeline("image-classification", model=REPO, trust_remote_code=True)` finds this class through
-`custom_pipelines` in the checkpoint's config.json. It is transformers' image-classification
+`pipeline(TASK, model=REPO, trust_remote_code=True)` finds these classes through
+`custom_pipelines` in the checkpoint's config.json. The first is transformers' image-classification
 pipeline (image loading, the checkpoint's image processor, batching) with two differences:
 
 * `czsl=True` (conventional zero-shot) ranks only the classes unseen in training, with the model's
   CZSL head; the default (generalised zero-shot, GZSL) ranks every class with the GZSL head;
 * scores are a softmax over exactly the classes ranked, and `top_k` is capped at their number.
+
+`SCEGGZeroShotImageClassificationPipeline` ranks a picture among `candidate_labels`, any classes the
+model knows (seen, unseen or added after training), with scores summing to 1 over the candidates,
+as transformers' CLIP pipeline does.
 
 This file depends only on transformers and torch, so it travels to the Hub as remote code.
 """
@@ -54,4 +59,43 @@ def rank_classes(logits: torch.Tensor, config, czsl: bool = False, top_k: int = 
     return [{"label": config.id2label[class_ids[int(i)]], "score": float(v)} for v, i in zip(top.values, top.indices)]
 
 
-__all__ = ["SCEGGImageClassificationPipeline", "rank_classes"]
+class SCEGGZeroShotImageClassificationPipeline(SCEGGImageClassificationPipeline):
+    """`pipe(images, candidate_labels=[name, ...])` -> `[{"score": p, "label": name}, ...]` per
+    image, best first: the GZSL scores of the named classes, a softmax over them only."""
+
+    def __call__(self, image, candidate_labels=None, **kwargs):
+        return super().__call__(image, candidate_labels=candidate_labels, **kwargs)
+
+    def _sanitize_parameters(self, candidate_labels=None, timeout=None):
+        preprocess = {"timeout": timeout} if timeout is not None else {}
+        return preprocess, {}, {"candidate_labels": candidate_labels}
+
+    def postprocess(self, model_outputs, candidate_labels=None):
+        class_ids = candidate_class_ids(self.model.config, candidate_labels)
+        scores = torch.softmax(model_outputs["logits"][0].float()[class_ids], dim=-1)
+        ranked = sorted(zip(scores.tolist(), class_ids), key=lambda pair: -pair[0])
+        return [{"score": score, "label": self.model.config.id2label[i]} for score, i in ranked]
+
+
+def candidate_class_ids(config, candidate_labels) -> list[int]:
+    """The class ids of `candidate_labels` (a list of class names, or one name), refusing a name the
+    model does not know with how to add it."""
+    if isinstance(candidate_labels, str):
+        candidate_labels = [candidate_labels]
+    if not candidate_labels:
+        raise ValueError("candidate_labels is required: the class names to rank the picture among, "
+                         "e.g. candidate_labels=[\"blue_jay\", \"cardinal\"]")
+    ids = {name: int(i) for i, name in config.id2label.items()}
+    unknown = [name for name in candidate_labels if name not in ids]
+    if unknown:
+        raise ValueError(
+            f"{unknown} {'is not a class' if len(unknown) == 1 else 'are not classes'} of this model "
+            f"({len(ids)} classes, e.g. {sorted(ids)[:3]}); a class is added from its attributes with "
+            f"`scegg add-classes MODEL classes.csv --output DIR` or model.add_classes(names, attributes)")
+    if len(set(candidate_labels)) != len(candidate_labels):
+        raise ValueError(f"candidate_labels names a class twice: {list(candidate_labels)}")
+    return [ids[name] for name in candidate_labels]
+
+
+__all__ = ["SCEGGImageClassificationPipeline", "SCEGGZeroShotImageClassificationPipeline", "candidate_class_ids",
+           "rank_classes"]

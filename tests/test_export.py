@@ -64,11 +64,14 @@ def test_saved_folder_runs_the_image_classification_pipeline(tmp_path):
     folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "m",
                         tiny_image_processor())
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["config.json", "configuration_scegg.py", "image_processing_scegg.py", "model.safetensors",
-                     "modeling_scegg.py", "pipeline_scegg.py", "preprocessor_config.json"]
+    assert names == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py", "model.safetensors",
+                     "modeling_sc_egg.py", "pipeline_scegg.py", "preprocessor_config.json"]
     config = json.loads((folder / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert config["auto_map"] == {"AutoConfig": "configuration_scegg.SCEGGConfig", "AutoModel": "modeling_sc_egg.SCEGGModel",
+                                  "AutoModelForImageClassification": "modeling_sc_egg.SCEGGForImageClassification"}
     assert config["custom_pipelines"]["image-classification"]["impl"] == "pipeline_scegg.SCEGGImageClassificationPipeline"
+    assert config["custom_pipelines"]["zero-shot-image-classification"]["impl"] == \
+        "pipeline_scegg.SCEGGZeroShotImageClassificationPipeline"
     assert type(AutoModelForImageClassification.from_pretrained(folder)) is SCEGGForImageClassification
     assert AutoImageProcessor.from_pretrained(folder).crop_size["height"] == TINY_CROP
 
@@ -97,8 +100,9 @@ def test_scegg_attach_backbone_cli(tmp_path, capsys):
     assert "64 x 64 crops -> 4 regions" in capsys.readouterr().out
     loaded = SCEGGForImageClassification.from_pretrained(tmp_path / "with_backbone")
     assert loaded.config.feature_backbone == backbone_id(tiny_resnet())
-    with pytest.raises(ValueError, match="does not give the model's regions"):
-        main(["attach-backbone", str(tmp_path / "features_only"), str(tmp_path / "resnet"), "--output", str(tmp_path / "x")])
+    assert main(["attach-backbone", str(tmp_path / "features_only"), str(tmp_path / "resnet"),
+                 "--output", str(tmp_path / "x")]) == 2
+    assert "does not give the model's regions" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

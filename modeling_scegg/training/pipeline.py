@@ -20,7 +20,6 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_text
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
@@ -146,7 +145,7 @@ def _scale(model: SCEGGModel, caches: dict[str, dict[str, torch.Tensor]]) -> Non
 
 def _save_snapshot(ctx: RunContext, caches, progress: dict):
     def write(folder: Path) -> None:
-        ctx.model.save_pretrained(folder)
+        ctx.model.save_weights_and_code(folder)  # a resumable snapshot, not a model folder to share
         flat = {f"{split}/{k}": v.contiguous() for split, cache in caches.items() for k, v in cache.items()}
         save_file(flat, str(folder / _CACHE_FILE))
         (folder / _PROGRESS_FILE).write_text(json.dumps({**progress, "history": ctx.history}))
@@ -433,28 +432,22 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
-    """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    """Final model folder with results.json and card, plots (and push) in `output_dir` (main
+    process only)."""
     from ..export import attach_backbone, save_model
-    from ..hub import build_model_card, push_model
+    from ..hub import push_model
     from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
     # pictures in: an image folder's extraction backbone travels with the model, with its image processor
     image_folder = ctx.args.class_attributes_file is not None
-    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out,
+               results={**results, "feature_extractor": _feature_extractor(data)})
     if ctx.args.plots:
         dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
         write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
-    public_args = {k: v for k, v in results["training_args"].items() if k not in _LOCAL_PATHS}
-    build_model_card(out, results, dataset_name=data.name, training_args=public_args,
-                     feature_extractor=_feature_extractor(data), protocol="validation" if "selection" in results else "fixed")
     if ctx.args.push_to_hub:
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
-
-
-# machine-specific, kept out of public cards
-_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone")
 
 
 def _feature_extractor(data: ZSLDataset) -> str:
