@@ -360,10 +360,10 @@ def local_model_folder(name_or_path: str | os.PathLike, *, revision: str | None 
     if path.is_dir():
         return path
     if path.exists():
-        raise UserError(f"{path} is a file, not a model folder",
+        raise UserError(f"{name_or_path} is a file, not a model folder",
                         "pass the folder that holds config.json and model.safetensors")
     if not is_hub_id(str(name_or_path)):
-        raise UserError(f"no such model folder: {path}",
+        raise UserError(f"no such model folder: {name_or_path}",
                         "check the path (a Hub repo is given as ORG/NAME)")
     try:
         return Path(snapshot_download(str(name_or_path), revision=revision, token=token,

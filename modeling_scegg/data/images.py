@@ -62,11 +62,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 from PIL import Image, UnidentifiedImageError
-from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 from transformers import ResNetModel
 
 from ..atomic import atomic_path, atomic_write_text
+from ..optional import import_optional
 from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
@@ -180,7 +180,8 @@ def normalized_attributes(table: ClassTable) -> np.ndarray:
     zero = np.flatnonzero(np.linalg.norm(table.attributes, axis=1) == 0)
     if len(zero):
         raise ValueError(f"classes {[table.class_names[i] for i in zero]} have all-zero attributes")
-    return normalize(table.attributes, norm="l2").astype(np.float32)
+    preprocessing = import_optional("sklearn.preprocessing", "plots", "normalising class attributes")
+    return preprocessing.normalize(table.attributes, norm="l2").astype(np.float32)
 
 
 def list_images(image_dir: str | os.PathLike, class_names: list[str]) -> dict[str, list[str]]:

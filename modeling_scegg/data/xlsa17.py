@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import h5py
 import numpy as np
 import scipy.io
 
+from ..optional import import_optional
 from .semantics import ClassSemantics, build_semantics
 from .store import region_feature_features, write_split
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
@@ -161,6 +161,7 @@ class RegionHDF5:
         if not self.path.is_file():
             raise FileNotFoundError(f"region-feature HDF5 not found: {self.path}")
         try:
+            h5py = import_optional("h5py", "hdf5", "reading HDF5 region features")
             self._file = h5py.File(self.path, "r")
         except OSError as error:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({error})") from error

@@ -25,6 +25,7 @@ from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
 from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
+from ..optional import require_plots
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import (
@@ -274,6 +275,8 @@ class Run:
 
 def start_run(args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict | None = None, view: bool = False) -> Run:
     """A fresh model with the data's class semantics, or the newest snapshot with `--resume`."""
+    if args.plots:
+        require_plots()
     accelerator = _run_accelerator(args)
     checkpoints = CheckpointManager(args.output_dir)
     _check_output_dir(args, checkpoints)
