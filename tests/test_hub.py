@@ -21,6 +21,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from safetensors.torch import save_file
 
 from modeling_scegg import hub
+from modeling_scegg.errors import UserError
 from modeling_scegg.hub import (
     HubOfflineError,
     UnsafeWeightsError,
@@ -67,7 +68,9 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     card = ModelCard.load(folder / "README.md")
     data = card.data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag is None, "a model without backbone runs on region features, not on pictures"
+    assert data.pipeline_tag == "zero-shot-image-classification", "it ranks pictures once given its backbone"
+    assert "takes pictures only once given" in card.text and "scegg attach-backbone" in card.text
+    assert data.datasets == ["CUB"] and data.base_model is None
     assert data.license == "apache-2.0"
     assert {"custom_code", "zero-shot-learning", "sc-egg", "generalized-zero-shot-learning"} <= set(data.tags)
     assert data.model_name == "sc-egg-tiny"
@@ -94,8 +97,10 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
 def test_model_card_of_a_model_with_backbone_names_the_task_it_runs(tiny_image_model, tmp_path):
     folder = _save_model(tiny_image_model, tmp_path / "out")
     card = _card(folder)
-    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
     assert 'pipeline("image-classification", model="alice/sc-egg-tiny", trust_remote_code=True)' in card.text
+    assert 'pipeline("zero-shot-image-classification", model="alice/sc-egg-tiny", trust_remote_code=True)' in card.text
+    assert 'candidate_labels=["bird_1", "bird_4"]' in card.text
     assert "czsl=True" in card.text and "carries its ResNet region backbone" in card.text
 
 
@@ -115,9 +120,10 @@ def test_model_card_labels_test_selected_numbers(tiny_model, tmp_path):
 ])
 def test_model_card_rejects_bad_input(tiny_model, tmp_path, change, message):
     folder = _save_model(tiny_model, tmp_path / "out")
+    before = (folder / "README.md").read_text()
     with pytest.raises(ValueError, match=message):
         _card(folder, **change)
-    assert not (folder / "README.md").exists(), "a failed card must not leave a README behind"
+    assert (folder / "README.md").read_text() == before, "a failed card must leave the folder's card as it was"
 
 
 def test_model_card_needs_a_saved_model(tmp_path):
@@ -145,19 +151,20 @@ def test_check_safetensors_only(tmp_path):
 
 def test_push_refuses_pickles_and_incomplete_folders(tiny_model, tmp_path):
     folder = _save_model(tiny_model, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="README.md"):
-        model_files_to_push(folder)
-    _card(folder)
+    (folder / "notes.py").write_text("print('a script of my own, not remote code')")
+    files = model_files_to_push(folder)
+    assert files == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
+                     "model.safetensors", "modeling_sc_egg.py", "pipeline_scegg.py", "preprocessor_config.json",
+                     "results.json"]
+    packaged = REPO_ROOT / "modeling_scegg" / "modeling_scegg.py"
+    assert (folder / "modeling_sc_egg.py").read_text() == packaged.read_text()
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(UnsafeWeightsError, match="pytorch_model.bin"):
         model_files_to_push(folder)
     (folder / "pytorch_model.bin").unlink()
-    (folder / "modeling_scegg.py").unlink()
-    files = model_files_to_push(folder)
-    assert files == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
-                     "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
-    packaged = REPO_ROOT / "modeling_scegg" / "modeling_scegg.py"
-    assert (folder / "modeling_scegg.py").read_text() == packaged.read_text()
+    (folder / "pipeline_scegg.py").unlink()
+    with pytest.raises(UserError, match=r"lacks the remote-code files \['pipeline_scegg.py'\]"):
+        model_files_to_push(folder)
 
 
 def test_offline_cache_miss_is_explained(monkeypatch):
@@ -166,7 +173,9 @@ def test_offline_cache_miss_is_explained(monkeypatch):
         load_model("alice/never-downloaded")
     message = str(caught.value)
     assert "hf download alice/never-downloaded --local-dir ./never-downloaded" in message
-    assert "HF_HUB_OFFLINE" in message and caught.value.__cause__ is not None
+    assert "HF_HUB_OFFLINE" in message and caught.value.client_error is not None
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__, "one message, no chained tracebacks"
+    assert len(message.splitlines()) == 2, "cause and remedy, one line each"
     with pytest.raises(ConnectionError) as caught:
         datasets.load_dataset("alice/never-downloaded-features", "features")
     advice = str(explain_offline_error(caught.value, "alice/never-downloaded-features", repo_type="dataset"))
@@ -306,7 +315,7 @@ def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model,
     model_repo = hub_endpoint.repos[("model", "alice/sc-egg-tiny")]
     assert sorted(model_repo.commits[model_repo.branches["main"]].files) == [
         ".gitattributes", "README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
-        "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
+        "model.safetensors", "modeling_sc_egg.py", "pipeline_scegg.py", "preprocessor_config.json", "results.json"]
 
     pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pull", with_package=False,
                         tolerated_hosts=(DATASET_VIEWER_HOST,))
@@ -335,7 +344,7 @@ def test_offline_advice_download_command_works(hub_endpoint: HubStandIn, tiny_mo
     hub_endpoint.add_files("model", "alice/advice",
                            {name: (folder / name).read_bytes() for name in model_files_to_push(folder)})
     advice = str(explain_offline_error(OfflineModeIsEnabled("offline"), "alice/advice"))
-    command = re.search(r"^\s+(hf download .*)$", advice, flags=re.M).group(1).split()
+    command = re.search(r"`(hf download [^`]*)`", advice).group(1).split()
     code = f"import sys\nfrom huggingface_hub.cli.hf import main\nsys.argv = {command!r}\nmain()\n"
     run_client(code, hub_endpoint.endpoint, tmp_path, name="advice")
     loaded = load_model(tmp_path / "advice")

@@ -55,7 +55,7 @@ def test_pipeline_from_the_hub_without_the_package(hub_endpoint: HubStandIn, tmp
     pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pipeline", with_package=False)
     report = json.loads(pulled.stdout.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules") for module in report["modules"]), report["modules"]
-    assert report["pipeline_tag"] == "image-classification"
+    assert report["pipeline_tag"] == "zero-shot-image-classification"
     # the snippet prints top_k=5 over all 6 classes, then the 2 unseen classes (top_k capped)
     assert pulled.stdout.count("'label': 'bird_") == 5 + 2, "the card's pipeline snippet did not print its rankings"
     local = pipeline("image-classification", model=str(folder), trust_remote_code=True)

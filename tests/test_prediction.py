@@ -14,7 +14,8 @@ from conftest import tiny_image_processor, tiny_resnet
 from PIL import Image
 from test_export import region_model
 
-from modeling_scegg.cli import main
+from modeling_scegg.cli import main, run
+from modeling_scegg.errors import UserError
 from modeling_scegg.export import attach_backbone, save_model
 
 
@@ -120,8 +121,8 @@ def test_pictures_and_the_pipeline_agree(model_dir, tmp_path, capsys):
 def test_a_model_without_backbone_needs_an_explicit_one(tmp_path):
     region_model().save_pretrained(tmp_path / "features_only")
     picture = _pictures(tmp_path / "in", count=1)[0]
-    with pytest.raises(ValueError, match="no region backbone.*--image_backbone WEIGHTS.*scegg attach-backbone"):
-        main(["predict", str(tmp_path / "features_only"), str(picture)])
+    with pytest.raises(UserError, match="no region backbone.*--image_backbone WEIGHTS.*scegg attach-backbone"):
+        run(["predict", str(tmp_path / "features_only"), str(picture)])
     tiny_resnet().save_pretrained(tmp_path / "resnet")
     (tmp_path / "features_only" / "preprocessor_config.json").unlink(missing_ok=True)
     tiny_image_processor().save_pretrained(tmp_path / "features_only")
