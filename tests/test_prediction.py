@@ -121,7 +121,7 @@ def test_pictures_and_the_pipeline_agree(model_dir, tmp_path, capsys):
 def test_a_model_without_backbone_needs_an_explicit_one(tmp_path):
     region_model().save_pretrained(tmp_path / "features_only")
     picture = _pictures(tmp_path / "in", count=1)[0]
-    with pytest.raises(UserError, match="no region backbone.*--image_backbone WEIGHTS.*scegg attach-backbone"):
+    with pytest.raises(UserError, match="(?s)no region backbone.*--image_backbone WEIGHTS.*scegg attach-backbone"):
         run(["predict", str(tmp_path / "features_only"), str(picture)])
     tiny_resnet().save_pretrained(tmp_path / "resnet")
     (tmp_path / "features_only" / "preprocessor_config.json").unlink(missing_ok=True)
