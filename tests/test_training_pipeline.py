@@ -47,7 +47,7 @@ def finished_run(tmp_path_factory, cache_dir):
 
 def test_outputs_of_a_run(finished_run):
     out, results, _ = finished_run
-    for name in ("config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+    for name in ("config.json", "model.safetensors", "modeling_sc_egg.py", "configuration_scegg.py",
                  "image_processing_scegg.py", "pipeline_scegg.py", "preprocessor_config.json",
                  "README.md", "results.json"):
         assert (out / name).is_file(), name

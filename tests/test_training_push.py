@@ -12,7 +12,7 @@ def test_training_pushes_model_card_and_results(hub_endpoint: HubStandIn, tmp_pa
     run_client(code, hub_endpoint.endpoint, tmp_path / "work", name="train_push")
     repo = hub_endpoint.repos[("model", "alice/trained-tiny")]
     files = repo.commits[repo.branches["main"]].files
-    assert {"config.json", "model.safetensors", "modeling_scegg.py", "configuration_scegg.py",
+    assert {"config.json", "model.safetensors", "modeling_sc_egg.py", "configuration_scegg.py",
             "README.md", "results.json"} <= set(files)
     assert not any(name.startswith("checkpoints/") or name.endswith((".bin", ".pkl", ".pt")) for name in files)
     local = json.loads((tmp_path / "out" / "results.json").read_text())
