@@ -18,3 +18,21 @@ def test_training_pushes_model_card_and_results(hub_endpoint: HubStandIn, tmp_pa
     local = json.loads((tmp_path / "out" / "results.json").read_text())
     assert json.loads(files["results.json"].content) == local
     assert b"alice/trained-tiny" in files["README.md"].content
+    pull = (
+        "import json\nfrom transformers import AutoImageProcessor, AutoModel, pipeline\n"
+        "from huggingface_hub import ModelCard\n"
+        "repo = 'alice/trained-tiny'\n"
+        "model = AutoModel.from_pretrained(repo, trust_remote_code=True)\n"
+        "processor = AutoImageProcessor.from_pretrained(repo, trust_remote_code=True)\n"
+        "tasks = [type(pipeline(t, model=repo, trust_remote_code=True)).__name__\n"
+        "         for t in ('image-classification', 'zero-shot-image-classification')]\n"
+        "card = ModelCard.load(repo)\n"
+        "print(json.dumps({'module': type(model).__module__, 'processor': type(processor).__name__, 'tasks': tasks,\n"
+        "                  'tag': card.data.pipeline_tag, 'text': card.text}))\n"
+    )
+    report = json.loads(run_client(pull, hub_endpoint.endpoint, tmp_path / "pull", name="pull",
+                                   with_package=False).stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules") and report["processor"] == "SCEGGImageProcessor"
+    assert report["tasks"] == ["SCEGGImageClassificationPipeline", "SCEGGZeroShotImageClassificationPipeline"]
+    assert report["tag"] == "zero-shot-image-classification"
+    assert "honest, fixed schedule" in report["text"] and "As the run recorded it: fixed schedule" in report["text"]
