@@ -214,7 +214,9 @@ def parse_training_args(argv: Sequence[str] | None = None, prog: str = "scegg tr
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser(SCEGGTrainingArguments, prog=prog,
                               description="Train SC-EGG stage by stage (Accelerate); "
-                                          "--dataset and --config set the defaults shown.")
+                                          "--dataset and --config set the defaults shown.",
+                              epilog=f"shipped presets (--config NAME): {', '.join(shipped_presets())}. "
+                                     "`scegg train ARGS.json` reads these flags from a JSON object.")
     default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
     preset = dataset_preset(known.config, known.dataset)
     parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))
