@@ -1,6 +1,7 @@
 """modeling_scegg.hub: the model card, safe loading, offline errors, and push / pull round trips
 through the local Hub stand-in with the stock clients (the pulling side without the package)."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -351,3 +352,78 @@ def test_offline_advice_download_command_works(hub_endpoint: HubStandIn, tiny_mo
     regions = torch.rand(2, tiny_model.config.num_regions, tiny_model.config.feature_dim)
     with torch.no_grad():
         assert torch.equal(loaded(regions).logits, tiny_model(regions).logits)
+
+
+# -- cards that say what happened ------------------------------------------------------------------------------
+@pytest.mark.parametrize("selection, label", [
+    (None, "honest, fixed schedule]"),
+    ({"calibration": {"seen_score_offset": 0.3}}, "honest, fixed schedule, calibration on validation]"),
+    ({"gzsl_epochs": 3, "czsl_epochs": 2, "calibration": {"seen_score_offset": 0.3}}, "honest, validation selection]"),
+])
+def test_card_protocol_is_the_one_the_run_used(tiny_model, tmp_path, selection, label):
+    """A default run (only the calibration offset chosen on validation) is not said to have
+    selected epochs there; the run's own account of its protocol is quoted."""
+    folder = tmp_path / "out"
+    tiny_model.save_pretrained(folder)
+    record = {**RESULTS, "dataset": "CUB", "protocol": "the run's own words",
+              "training_args": {"seed": 1, "data_dir": "/home/me/data"}, **({"selection": selection} if selection else {})}
+    (folder / "results.json").write_text(json.dumps(record))
+    card = hub.write_model_card(folder)
+    assert all(r.metric_name.endswith(f"[{label}") for r in card.data.eval_results)
+    assert "As the run recorded it: the run's own words." in card.text
+    assert "/home/me/data" not in card.text and '"seed": 1' in card.text
+    if selection is None or "gzsl_epochs" not in selection:
+        assert "epochs were selected" not in card.text.lower()
+
+
+def test_card_of_an_unmeasured_model_reports_no_metrics(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "fresh")
+    card = ModelCard.load(tmp_path / "fresh" / "README.md")
+    assert card.data.eval_results is None and "No metrics" in card.text
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.license == "apache-2.0"
+
+
+def test_base_model_is_the_backbones_hub_id(tiny_image_model, tmp_path):
+    tiny_image_model.config.backbone_config._name_or_path = "microsoft/resnet-101"
+    tiny_image_model.save_pretrained(tmp_path / "m")
+    assert ModelCard.load(tmp_path / "m" / "README.md").data.base_model == "microsoft/resnet-101"
+    assert hub.backbone_hub_id({"backbone_config": {"_name_or_path": "/home/me/resnet"}}) is None
+    assert hub.backbone_hub_id({"backbone_name": "timm/resnet101.a1h_in1k"}) == "timm/resnet101.a1h_in1k"
+
+
+def test_a_failed_push_leaves_no_card_naming_its_repo(tiny_model, tmp_path, monkeypatch):
+    """The card is written for the repo in a staging copy: a push that fails changes nothing, and
+    the next push to another repo publishes a card naming that repo only."""
+    folder = tmp_path / "out"
+    tiny_model.save_pretrained(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    uploaded = []
+
+    def create_repo(self, repo_id, **kwargs):
+        if repo_id == "alice/failed":
+            raise ConnectionError("the Hub went away")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.append((repo_id, (Path(folder_path) / "README.md").read_text(), sorted(os.listdir(folder_path))))
+        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
+    with pytest.raises(ConnectionError):
+        hub.push_model(folder, "alice/failed")
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert hub.push_model(folder, "alice/ok") == "https://hub/alice/ok/commit/1"
+    repo, card, files = uploaded[0]
+    assert repo == "alice/ok" and '"alice/ok"' in card and "alice/failed" not in card
+    assert files == hub.model_files_to_push(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".push-")]
+
+
+def test_a_local_path_is_never_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    for name in ("./outz", "outz", str(tmp_path / "outz"), "../a/b", "a/b/c"):
+        with pytest.raises(UserError, match="no such model folder") as caught:
+            hub.local_model_folder(name)
+        assert "hf download" not in str(caught.value)
+    assert hub.is_hub_id("alice/sc-egg") and not hub.is_hub_id("./alice") and not hub.is_hub_id(str(tmp_path))

@@ -66,3 +66,39 @@ def test_pipeline_from_the_hub_without_the_package(hub_endpoint: HubStandIn, tmp
     assert {r["label"] for r in report["czsl"]} == {"bird_1", "bird_4"}
     assert len(report["gzsl"]) == 6
     assert not re.search(r"not supported for image-classification", pulled.stderr)
+
+
+def test_zero_shot_pipeline_ranks_among_the_candidate_labels(tmp_path):
+    """As CLIP's pipeline: the named classes only, best first, scores a softmax over them (sum 1),
+    equal to the GZSL logits restricted to the candidates."""
+    import torch
+
+    from modeling_scegg import SCEGGForImageClassification
+
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "m",
+                        tiny_image_processor())
+    ranker = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (80, 90, 3), dtype=np.uint8))
+    candidates = ["bird_4", "bird_0", "bird_2"]
+    ranked = ranker(image, candidate_labels=candidates)
+    assert sorted(r["label"] for r in ranked) == sorted(candidates)
+    assert sum(r["score"] for r in ranked) == pytest.approx(1.0, abs=1e-6)
+    model = SCEGGForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**tiny_image_processor()(image, return_tensors="pt")).logits[0]
+    expected = torch.softmax(logits[[4, 0, 2]], -1)
+    by_label = {r["label"]: r["score"] for r in ranked}
+    np.testing.assert_allclose([by_label[c] for c in candidates], expected.numpy(), atol=1e-6)
+    assert [r["score"] for r in ranked] == sorted(by_label.values(), reverse=True)
+    assert len(ranker([image, image], candidate_labels=["bird_1"])) == 2
+
+
+def test_zero_shot_pipeline_says_how_to_add_an_unknown_class(tmp_path):
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "m",
+                        tiny_image_processor())
+    ranker = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\['kiwi'\] is not a class of this model.*scegg add-classes.*add_classes"):
+        ranker(image, candidate_labels=["bird_1", "kiwi"])
+    with pytest.raises(ValueError, match="candidate_labels is required"):
+        ranker(image)
