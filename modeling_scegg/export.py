@@ -241,7 +241,9 @@ def changes_since(parent_config: dict[str, Any], config) -> list[dict[str, Any]]
     changes = []
     if not parent_config.get("backbone_config") and getattr(config, "backbone_config", None) is not None:
         changes.append({"change": "backbone attached", "feature_backbone": config.feature_backbone,
-                        "base_model": backbone_hub_id(config.to_dict())})
+                        "base_model": backbone_hub_id(config.to_dict()),
+                        # the training features recorded their backbone, and attach_backbone enforced it
+                        "same_as_training_features": parent_config.get("feature_backbone") == config.feature_backbone})
     known = set((parent_config.get("id2label") or {}).values())
     added = [name for _, name in sorted(config.id2label.items()) if name not in known]
     if known and added:

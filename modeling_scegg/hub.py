@@ -242,8 +242,11 @@ def _describe_change(change: Mapping[str, Any]) -> str:
     kind = change.get("change")
     if kind == "backbone attached":
         hub = f", from {change['base_model']}" if change.get("base_model") else ""
-        return (f"Region backbone attached ({change.get('feature_backbone')}{hub}): the model now reads pictures. "
-                "The metrics above were measured on the region features that backbone computes.")
+        same = ("the metrics above were measured on region features of this same backbone"
+                if change.get("same_as_training_features") else
+                "the training features did not record their backbone, so the metrics above hold on pictures only "
+                "if these are the weights that computed them")
+        return f"Region backbone attached ({change.get('feature_backbone')}{hub}): the model now reads pictures; {same}."
     if kind == "classes added":
         names = ", ".join(f"`{name}`" for name in change.get("classes", []))
         return (f"Classes added after training, from their attributes: {names}. Their accuracy is unmeasured; the "

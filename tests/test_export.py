@@ -200,6 +200,7 @@ def test_every_path_pushes_a_folder_that_runs_without_the_package(hub_endpoint, 
         assert sum(r["score"] for r in ranked) == pytest.approx(1.0, abs=1e-5)
         assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
         assert "Region backbone attached" in report[repo]["card"]["text"]
+    assert "the training features did not record their backbone" in report["alice/attach-backbone"]["card"]["text"]
     added = report["alice/add-classes"]
     assert "kiwi" in {r["label"] for r in added["gzsl"]}
     assert "Classes added after training, from their attributes: `kiwi`" in added["card"]["text"]
