@@ -181,21 +181,8 @@ def build_model_card(
     dataset_slug = (dataset_name or "model").split("/")[-1].lower()
     model_name = repo_id.split("/")[-1] if repo_id else f"sc-egg-{dataset_slug}"
     protocol_label, protocol_description = PROTOCOLS[protocol]
-    card_data = ModelCardData(
-        model_name=model_name,
-        # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
-        # not pick up test-selected numbers shown beside honest ones in the text.
-        eval_results=_eval_results(main, dataset_name, protocol_label) if main else None,
-        library_name="transformers",
-        pipeline_tag=PIPELINE_TAG,
-        license="apache-2.0",
-        tags=CARD_TAGS,
-        metrics=["accuracy"] if main else None,
-        datasets=[dataset_name] if _is_public_dataset(dataset_name) else None,
-        base_model=backbone_hub_id(config),
-    )
     card = ModelCard.from_template(
-        card_data,
+        _card_data(model_name, main, dataset_name, protocol_label, config),
         template_path=str(_card_template(base_template)),
         model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER,
@@ -212,6 +199,24 @@ def build_model_card(
     )
     atomic_write_text(folder / "README.md", str(card))
     return card
+
+
+def _card_data(model_name: str, main: dict | None, dataset_name: str | None, protocol_label: str,
+               config: dict) -> ModelCardData:
+    """The card's metadata: the task, licence, datasets, base model and the model-index."""
+    return ModelCardData(
+        model_name=model_name,
+        # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
+        # not pick up test-selected numbers shown beside honest ones in the text.
+        eval_results=_eval_results(main, dataset_name, protocol_label) if main else None,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        license="apache-2.0",
+        tags=CARD_TAGS,
+        metrics=["accuracy"] if main else None,
+        datasets=[dataset_name] if _is_public_dataset(dataset_name) else None,
+        base_model=backbone_hub_id(config),
+    )
 
 
 def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
