@@ -208,7 +208,7 @@ def _card_data(model_name: str, main: dict | None, dataset_name: str | None, pro
         model_name=model_name,
         # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
         # not pick up test-selected numbers shown beside honest ones in the text.
-        eval_results=_eval_results(main, dataset_name, protocol_label) if main else None,
+        eval_results=_eval_results(main, dataset_name or "unknown", protocol_label) if main else None,
         library_name="transformers",
         pipeline_tag=PIPELINE_TAG,
         license="apache-2.0",
