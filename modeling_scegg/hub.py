@@ -458,6 +458,8 @@ def push_model(
     quietly. The folder itself is never changed: the card is written for ``repo_id`` in a staging
     copy (hard links), so a failed push leaves nothing that names the wrong repo behind."""
     folder = Path(output_dir)
+    if not HUB_ID.match(repo_id):
+        raise UserError(f"not a Hub repo id: {repo_id!r}", "give the repo as ORG/NAME, e.g. alice/sc-egg-cub")
     files = model_files_to_push(folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".push-") as scratch:
         staging = Path(scratch)
