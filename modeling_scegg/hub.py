@@ -227,7 +227,7 @@ def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     path = folder / "results.json"
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     measured = all(key in record for key in RESULT_KEYS)
-    training_args = {k: v for k, v in (record.get("training_args") or {}).items() if k not in LOCAL_TRAINING_ARGS}
+    training_args = public_record(record).get("training_args") or {}
     return build_model_card(
         folder, record if measured else None, dataset_name=record.get("dataset"), training_args=training_args,
         feature_extractor=record.get("feature_extractor", "the backbone named in config.json, if any"),
@@ -465,6 +465,10 @@ def push_model(
         staging = Path(scratch)
         for name in files:
             _link_or_copy(folder / name, staging / name)
+        if "results.json" in files:  # the run's record, without the training machine's paths
+            record = json.loads((staging / "results.json").read_text(encoding="utf-8"))
+            (staging / "results.json").unlink()
+            atomic_write_text(staging / "results.json", json.dumps(public_record(record), indent=2))
         if "README.md" in files:
             card_text = (staging / "README.md").read_text(encoding="utf-8")
             (staging / "README.md").unlink()
@@ -481,6 +485,15 @@ def push_model(
             commit_message=commit_message,
         )
     return commit.commit_url
+
+
+def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """results.json as shared: the training arguments that are paths on the training machine
+    (``LOCAL_TRAINING_ARGS``) left out, as the card leaves them out."""
+    public = dict(record)
+    if isinstance(public.get("training_args"), Mapping):
+        public["training_args"] = {k: v for k, v in public["training_args"].items() if k not in LOCAL_TRAINING_ARGS}
+    return public
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -396,6 +396,7 @@ def test_a_failed_push_leaves_no_card_naming_its_repo(tiny_model, tmp_path, monk
     the next push to another repo publishes a card naming that repo only."""
     folder = tmp_path / "out"
     tiny_model.save_pretrained(folder)
+    (folder / "results.json").write_text(json.dumps({**RESULTS, "training_args": {"seed": 1, "data_dir": "/home/me"}}))
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     uploaded = []
 
@@ -405,6 +406,8 @@ def test_a_failed_push_leaves_no_card_naming_its_repo(tiny_model, tmp_path, monk
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         uploaded.append((repo_id, (Path(folder_path) / "README.md").read_text(), sorted(os.listdir(folder_path))))
+        record = json.loads((Path(folder_path) / "results.json").read_text())
+        assert record["training_args"] == {"seed": 1}, "paths of the training machine stay local"
         return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
 
     monkeypatch.setattr(hub.HfApi, "create_repo", create_repo)

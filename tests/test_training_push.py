@@ -4,6 +4,8 @@ import json
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures
 from test_training_pipeline import tiny_argv
 
+from modeling_scegg import hub
+
 
 def test_training_pushes_model_card_and_results(hub_endpoint: HubStandIn, tmp_path):
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--stage3_epochs", "1", "--plots", "false",
@@ -16,7 +18,11 @@ def test_training_pushes_model_card_and_results(hub_endpoint: HubStandIn, tmp_pa
             "README.md", "results.json"} <= set(files)
     assert not any(name.startswith("checkpoints/") or name.endswith((".bin", ".pkl", ".pt")) for name in files)
     local = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert json.loads(files["results.json"].content) == local
+    pushed = json.loads(files["results.json"].content)
+    assert "output_dir" in local["training_args"] and "cache_dir" in local["training_args"]
+    assert pushed == {**local, "training_args": {k: v for k, v in local["training_args"].items()
+                                                 if k not in hub.LOCAL_TRAINING_ARGS}}
+    assert "output_dir" not in pushed["training_args"] and "seed" in pushed["training_args"]
     assert b"alice/trained-tiny" in files["README.md"].content
     pull = (
         "import json\nfrom transformers import AutoImageProcessor, AutoModel, pipeline\n"
