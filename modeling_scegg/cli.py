@@ -173,6 +173,18 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from .data.extraction import extract_region_features
+
+    configure_logging()
+    path = extract_region_features(
+        args.dataset, args.image_dir, args.data_dir, args.backbone, crop_size=args.crop_size,
+        resize_size=args.resize_size, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        num_workers=args.num_workers, device=args.device, autocast=None if args.autocast == "no" else args.autocast)
+    print(f"wrote {path}: train with `scegg train --dataset {args.dataset} --data_dir {args.data_dir}`")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_model
 
@@ -233,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--data_dir")
     convert.add_argument("--cache_dir")
     convert.add_argument("--hub_layout", help="also write the features/classes/attributes Parquet layout here")
+    _add_extract_parser(sub)
     push = sub.add_parser("push", help="push a trained output folder to the Hub")
     push.add_argument("output_dir")
     push.add_argument("repo_id")
@@ -244,13 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_extract_parser(sub) -> None:
+    extract = sub.add_parser("extract", help="ResNet-101 region features of a benchmark's pictures into "
+                                             "DATA_DIR/<DS>/feature_map_ResNet_101_<DS>.hdf5 (resumable)")
+    extract.add_argument("dataset", help="CUB, SUN or AWA2 (or another xlsa17 dataset whose res101.mat lists pictures)")
+    extract.add_argument("image_dir", help="the unpacked public pictures (CUB: the folder holding CUB_200_2011/, "
+                                           "SUN: holding images/, AWA2: holding Animals_with_Attributes2/)")
+    extract.add_argument("--data_dir", required=True, help="the folder holding xlsa17/ (and w2v/); the file goes to <DS>/")
+    extract.add_argument("--backbone", required=True,
+                         help="ResNet-101 weights: a torchvision file (resnet101-63fe2227.pth, the paper's), a checkpoint "
+                              "folder or a Hub id (timm/resnet101.tv_in1k: the same weights; microsoft/resnet-101)")
+    extract.add_argument("--crop_size", type=int, default=448, help="448: 14 x 14 regions (the paper's); 224: 7 x 7")
+    extract.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
+    extract.add_argument("--batch_size", type=int, default=32)
+    extract.add_argument("--chunk_size", type=int, default=512, help="pictures per resumable shard")
+    extract.add_argument("--num_workers", type=int, default=4, help="DataLoader processes decoding pictures")
+    extract.add_argument("--device", help="default: cuda when available, else cpu")
+    extract.add_argument("--autocast", choices=("auto", "bf16", "fp16", "no"), default="auto",
+                         help="auto: bf16 where the device runs it natively (CUDA >= 8.0, AVX-512 BF16 / AMX CPUs)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate,
-                "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+                "plot": _plot, "convert": _convert, "extract": _extract, "push": _push, "push-dataset": _push_dataset}
     return handlers[args.command](args)
 
 

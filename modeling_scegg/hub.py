@@ -13,6 +13,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -142,6 +143,7 @@ def build_model_card(
         tags=CARD_TAGS,
         metrics=["accuracy"],
         datasets=[dataset_name] if "/" in dataset_name else None,
+        base_model=_base_model(config),
     )
     card = ModelCard.from_template(
         card_data,
@@ -159,6 +161,13 @@ def build_model_card(
     )
     atomic_write_text(folder / "README.md", str(card))
     return card
+
+
+def _base_model(config: dict) -> str | None:
+    """The feature backbone's Hub id (``feature_backbone_name``), when it was named by one: the
+    model the features, and so this model, were built on. A file name is not a Hub reference."""
+    name = config.get("feature_backbone_name")
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) else None
 
 
 def _card_sizes(config: dict) -> dict[str, Any]:
