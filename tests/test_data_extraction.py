@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
-import torch
 from conftest import TINY_BACKBONE, TINY_CROP, tiny_image_processor, tiny_resnet, torchvision_state_dict
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
 from PIL import Image
@@ -288,3 +287,10 @@ def test_extract_command_line(tmp_path, capsys):
 
     with pytest.raises(UserError, match="4 of the 24 pictures"):
         main(["extract", "CUB", str(bench.image_dir), "--data_dir", str(bench.data_dir), "--backbone", "random"])
+
+
+def test_a_transformers_checkpoint_of_another_resnet_is_refused_by_name(tmp_path):
+    bench = make_benchmark(tmp_path)
+    tiny_resnet().save_pretrained(tmp_path / "resnet-tiny")
+    with pytest.raises(UserError, match=r"resnet-tiny is not the expected ResNet\(-101\): .*'depths': \[1, 1, 1, 1\]"):
+        extract_region_features("CUB", bench.image_dir, bench.data_dir, str(tmp_path / "resnet-tiny"), device="cpu")

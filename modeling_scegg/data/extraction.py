@@ -52,6 +52,7 @@ from .backbone import (
     backbone_name,
     build_resnet101,
     default_device,
+    resnet101_config,
 )
 from .images import _ImageFiles, _prepare_work_dir
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
@@ -309,8 +310,9 @@ def extract_region_features(
 ) -> Path:
     """Write ``DATA_DIR/<DS>/feature_map_ResNet_101_<DS>.hdf5`` (see the module docstring).
 
-    ``backbone``: a weights file, checkpoint folder or Hub id (:func:`.backbone.build_resnet101`;
-    ``architecture`` as there), or a built ``ResNetModel``. ``autocast``: "auto" (bf16 where
+    ``backbone``: a weights file, checkpoint folder or Hub id (:func:`.backbone.build_resnet101`),
+    which must be a ResNet-101 (``architecture`` replaces it: small test networks), or a built
+    ``ResNetModel``. ``autocast``: "auto" (bf16 where
     native), "bf16", "fp16" or None (float32). A killed run resumes with the same call.
     """
     target = feature_file(data_dir, dataset)
@@ -318,7 +320,8 @@ def extract_region_features(
         raise UserError(f"{target} already exists", "delete it first to extract the features again")
     files = find_benchmark_files(dataset, image_dir, data_dir)
     _check_splits(files)
-    model = backbone if isinstance(backbone, ResNetModel) else build_resnet101(backbone, architecture=architecture)
+    model = (backbone if isinstance(backbone, ResNetModel)
+             else build_resnet101(backbone, architecture=architecture or resnet101_config()))
     device = torch.device(device) if device is not None else default_device()
     extractor = RegionFeatureExtractor(model, crop_size=crop_size, resize_size=resize_size, device=device,
                                        autocast=_resolve_autocast(autocast, device))
