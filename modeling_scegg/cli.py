@@ -1,5 +1,5 @@
 """The `scegg` command: train, predict, attach a backbone, add classes, evaluate, plot, convert data,
-push models and feature datasets.
+extract benchmark region features, push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -271,7 +272,8 @@ def _add_extract_parser(sub) -> None:
     extract.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
     extract.add_argument("--batch_size", type=int, default=32)
     extract.add_argument("--chunk_size", type=int, default=512, help="pictures per resumable shard")
-    extract.add_argument("--num_workers", type=int, default=4, help="DataLoader processes decoding pictures")
+    extract.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                         help="DataLoader processes decoding pictures (default: up to 4, at most the CPU count)")
     extract.add_argument("--device", help="default: cuda when available, else cpu")
     extract.add_argument("--autocast", choices=("auto", "bf16", "fp16", "no"), default="auto",
                          help="auto: bf16 where the device runs it natively (CUDA >= 8.0, AVX-512 BF16 / AMX CPUs)")
