@@ -294,3 +294,15 @@ def test_a_transformers_checkpoint_of_another_resnet_is_refused_by_name(tmp_path
     tiny_resnet().save_pretrained(tmp_path / "resnet-tiny")
     with pytest.raises(UserError, match=r"resnet-tiny is not the expected ResNet\(-101\): .*'depths': \[1, 1, 1, 1\]"):
         extract_region_features("CUB", bench.image_dir, bench.data_dir, str(tmp_path / "resnet-tiny"), device="cpu")
+
+
+def test_a_hub_id_backbone_becomes_the_cards_base_model(tiny_model, tmp_path):
+    from modeling_scegg.hub import build_model_card
+
+    results = {"czsl_acc": 50.0, "gzsl_unseen": 40.0, "gzsl_seen": 60.0, "gzsl_h": 48.0}
+    for name, base_model in (("timm/resnet101.tv_in1k", "timm/resnet101.tv_in1k"), ("resnet101-63fe2227.pth", None)):
+        tiny_model.config.feature_backbone_name = name
+        tiny_model.save_pretrained(tmp_path / "model")
+        card = build_model_card(tmp_path / "model", results, dataset_name="CUB", training_args={},
+                                feature_extractor="ResNet-101", protocol="fixed")
+        assert card.data.base_model == base_model
