@@ -202,13 +202,14 @@ def test_missing_pictures_are_listed_before_any_work(tmp_path):
     assert not work_folder(bench.data_dir, "CUB").exists()
 
 
-def test_an_unreadable_picture_stops_the_run_with_its_path(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_unreadable_picture_stops_the_run_with_its_path(tmp_path, num_workers):
     bench = make_benchmark(tmp_path, "AWA2")
     broken = bench.image_dir / bench.pictures[9]
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match=re.escape(f"cannot read image {broken}")):
         extract_region_features("AWA2", bench.image_dir, bench.data_dir, tiny_resnet(), crop_size=TINY_CROP,
-                                chunk_size=4, device="cpu")
+                                chunk_size=4, device="cpu", num_workers=num_workers)
     assert not feature_file(bench.data_dir, "AWA2").exists()
     assert sorted(p.name for p in work_folder(bench.data_dir, "AWA2").glob("*.npy")) == ["chunk-00000.npy",
                                                                                        "chunk-00001.npy"]
@@ -306,3 +307,13 @@ def test_a_hub_id_backbone_becomes_the_cards_base_model(tiny_model, tmp_path):
         card = build_model_card(tmp_path / "model", results, dataset_name="CUB", training_args={},
                                 feature_extractor="ResNet-101", protocol="fixed")
         assert card.data.base_model == base_model
+
+
+def test_non_finite_features_stop_the_run(tmp_path):
+    bench = make_benchmark(tmp_path)
+    model = tiny_resnet()
+    with torch.no_grad():
+        model.embedder.embedder.convolution.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match=re.escape(f"NaN or Inf features for the batch from {bench.image_dir}")):
+        extract_region_features("CUB", bench.image_dir, bench.data_dir, model, crop_size=TINY_CROP, device="cpu")
+    assert not feature_file(bench.data_dir, "CUB").exists()

@@ -198,14 +198,15 @@ def _extract_chunk(extractor: RegionFeatureExtractor, images: _ImageFiles, shard
         array, done = None, 0
         for pixel_values in _batches(images, batch_size, num_workers, extractor.device.type == "cuda"):
             maps = _feature_maps(extractor, pixel_values)
+            if not np.isfinite(maps).all():
+                first = images.image_dir / images.files[done]
+                raise UserError(f"the backbone gave NaN or Inf features for the batch from {first}",
+                                "check the backbone weights (real ImageNet weights give finite features)")
             if array is None:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), *maps.shape[1:]))
             array[done : done + len(maps)] = maps
             done += len(maps)
             bar.update(len(maps))
-        if not np.isfinite(array).all():
-            raise UserError(f"the backbone gave NaN or Inf features for {images.image_dir / images.files[0]} ...",
-                            "check the backbone weights")
         array.flush()
         del array
 
