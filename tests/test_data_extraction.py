@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from conftest import TINY_BACKBONE, TINY_CROP, tiny_image_processor, tiny_resnet, torchvision_state_dict
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
 from PIL import Image
