@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
     predict.add_argument("--batch_size", type=int, default=16)
     predict.add_argument("--image_backbone", help="for a model without backbone: the ResNet its features came from "
-                                                  "(weights file, checkpoint folder, Hub id e.g. timm/resnet101.tv_in1k, or 'random' for tests)")
+                                                  "(weights file, checkpoint folder, Hub id e.g. timm/resnet101.tv_in1k, "
+                                                  "or 'random' for tests)")
     attach = sub.add_parser("attach-backbone", help="embed the ResNet region backbone in a model trained on region features")
     attach.add_argument("model", help="output folder or Hub id")
     attach.add_argument("weights", help="torchvision ResNet-101 file, checkpoint folder, Hub id (e.g. timm/resnet101.tv_in1k), "
