@@ -177,8 +177,10 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert not list(target.parent.glob(".*.tmp"))
     with h5py.File(target, "r") as h5:
         np.testing.assert_allclose(h5["feature_map"][:], _expected_maps(bench, model), rtol=1e-4, atol=1e-5)
+    work_folder(bench.data_dir, "CUB").mkdir()  # killed between the rename and the cleanup
     with pytest.raises(UserError, match="already exists"):
         extract_region_features("CUB", bench.image_dir, bench.data_dir, model, **options)
+    assert not work_folder(bench.data_dir, "CUB").exists()
 
 
 def test_other_settings_do_not_mix_with_unfinished_shards(tmp_path):

@@ -318,6 +318,8 @@ def extract_region_features(
     """
     target = feature_file(data_dir, dataset)
     if target.exists():
+        # the file is renamed into place only when complete: shards beside it are a killed cleanup's
+        shutil.rmtree(work_folder(data_dir, dataset), ignore_errors=True)
         raise UserError(f"{target} already exists", "delete it first to extract the features again")
     files = find_benchmark_files(dataset, image_dir, data_dir)
     _check_splits(files)
