@@ -1,5 +1,5 @@
 """The `scegg` command: train, predict, attach a backbone, add classes, evaluate, plot, convert data,
-push models and feature datasets.
+extract benchmark region features, push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -205,6 +206,18 @@ def _convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from .data.extraction import extract_region_features
+
+    configure_logging()
+    path = extract_region_features(
+        args.dataset, args.image_dir, args.data_dir, args.backbone, crop_size=args.crop_size,
+        resize_size=args.resize_size, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        num_workers=args.num_workers, device=args.device, autocast=None if args.autocast == "no" else args.autocast)
+    print(f"wrote {path}: train with `scegg train --dataset {args.dataset} --data_dir {args.data_dir}`")
+    return EXIT_OK
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_model
 
@@ -275,13 +288,15 @@ def _add_predict(sub) -> None:
     predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
     _option(predict, "batch_size", type=_positive_int, default=16, help="inputs per forward pass")
     _option(predict, "image_backbone", help="for a model without backbone: the ResNet its features came from "
-                                            "(weights file, transformers folder / Hub id, or 'random' for tests)")
+                                            "(weights file, checkpoint folder, Hub id e.g. timm/resnet101.tv_in1k, "
+                                            "or 'random' for tests)")
 
 
 def _add_model_editing(sub) -> None:
     attach = _subparser(sub, "attach-backbone", "embed the ResNet region backbone in a model trained on region features")
     attach.add_argument("model", help="model folder or Hub id (ORG/NAME)")
-    attach.add_argument("weights", help="torchvision ResNet-101 file, transformers ResNet folder / Hub id, or 'random' (tests)")
+    attach.add_argument("weights", help="torchvision ResNet-101 file, checkpoint folder, Hub id "
+                                        "(e.g. timm/resnet101.tv_in1k), or 'random' (tests)")
     attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
     _option(attach, "crop_size", type=_positive_int, default=448, help="crop the region features were extracted at")
     _option(attach, "resize_size", type=_positive_int, help="short side before cropping (default: the crop size)")
@@ -326,6 +341,28 @@ def _add_sharing(sub) -> None:
     push_ds.add_argument("--private", action="store_true", help="create the repo private")
 
 
+def _add_extract(sub) -> None:
+    extract = _subparser(sub, "extract", "ResNet-101 region features of a benchmark's pictures into "
+                                         "DATA_DIR/<DS>/feature_map_ResNet_101_<DS>.hdf5 (resumable; needs scegg[hdf5])")
+    extract.add_argument("dataset", help="CUB, SUN or AWA2 (or another xlsa17 dataset whose res101.mat lists pictures)")
+    extract.add_argument("image_dir", help="the unpacked public pictures (CUB: the folder holding CUB_200_2011/, "
+                                           "SUN: holding images/, AWA2: holding Animals_with_Attributes2/)")
+    _option(extract, "data_dir", required=True, help="the folder holding xlsa17/ (and w2v/); the file goes to <DS>/")
+    _option(extract, "backbone", required=True,
+            help="ResNet-101 weights: a torchvision file (resnet101-63fe2227.pth, the paper's), a checkpoint "
+                 "folder or a Hub id (timm/resnet101.tv_in1k: the same weights; microsoft/resnet-101)")
+    _option(extract, "crop_size", type=_positive_int, default=448, help="448: 14 x 14 regions (the paper's); 224: 7 x 7")
+    _option(extract, "resize_size", type=_positive_int, help="short side before cropping (default: the crop size)")
+    _option(extract, "batch_size", type=_positive_int, default=32, help="pictures per forward pass")
+    _option(extract, "chunk_size", type=_positive_int, default=512, help="pictures per resumable shard")
+    _option(extract, "num_workers", type=int, default=min(4, os.cpu_count() or 1),
+            help="DataLoader processes decoding pictures (up to 4, at most the CPU count)")
+    _option(extract, "device", help="default: cuda when available, else cpu")
+    _option(extract, "autocast", choices=("auto", "bf16", "fp16", "no"), default="auto",
+            help="auto: bf16 where the device runs it natively (CUDA >= 8.0, AVX-512 BF16 / AMX CPUs)")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scegg", description=__doc__, epilog=_epilog(),
                                      formatter_class=_HelpFormatter)
@@ -337,12 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_model_editing(sub)
     _add_data_commands(sub)
+    _add_extract(sub)
     _add_sharing(sub)
     return parser
 
 
 HANDLERS = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate,
-            "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
+            "plot": _plot, "convert": _convert, "extract": _extract, "push": _push, "push-dataset": _push_dataset}
 
 
 def run(argv: Sequence[str]) -> int:

@@ -125,6 +125,9 @@ class SCEGGConfig(PretrainedConfig):
             the model was trained on, as `"sha256:<hex>"` over every weight and buffer (the same for
             a torchvision .pth, its safetensors conversion or a Hub copy); `scegg attach-backbone`
             refuses other weights. None when unknown (precomputed features, synthetic data).
+        feature_backbone_name (`str`, *optional*): where those weights came from, as the user named
+            them: a Hub id (e.g. `"timm/resnet101.tv_in1k"`, then also the model card's `base_model`)
+            or a file name. None when unknown.
     """
 
     model_type = "scegg"
@@ -182,6 +185,7 @@ class SCEGGConfig(PretrainedConfig):
 
     backbone_config: dict | PretrainedConfig | None = None
     feature_backbone: str | None = None
+    feature_backbone_name: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.seen_class_ids is None and self.unseen_class_ids is None:

@@ -33,7 +33,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.base import PipelineRegistry
 
 from .atomic import atomic_write_text
-from .data.backbone import backbone_id, build_resnet101
+from .data.backbone import backbone_id, backbone_name, build_resnet101
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 from .pipeline_scegg import SCEGGImageClassificationPipeline, SCEGGZeroShotImageClassificationPipeline
@@ -103,6 +103,8 @@ def attach_backbone(
     backbone_config.out_features = [backbone_config.stage_names[-1]]
     config = copy.deepcopy(model.config)
     config.backbone_config, config.feature_backbone = backbone_config, fingerprint
+    if config.feature_backbone_name is None and not isinstance(weights, ResNetModel):
+        config.feature_backbone_name = backbone_name(weights)  # a recorded Hub id is kept: same weights
     if backbone_config.hidden_sizes[-1] != config.feature_dim:
         raise ValueError(f"{name}: the backbone's last stage has {backbone_config.hidden_sizes[-1]} channels, "
                          f"the model reads region features of feature_dim={config.feature_dim}")

@@ -105,7 +105,7 @@ def backbone_hub_id(config: Mapping[str, Any]) -> str | None:
     """The Hub id of the model's region backbone, when it has one (the card's ``base_model``): a
     config field naming it, or the id the embedded ResNet was loaded from."""
     backbone = config.get("backbone_config") or {}
-    for name in (config.get("backbone_hub_id"), config.get("feature_backbone_id"), config.get("backbone_name"),
+    for name in (config.get("backbone_hub_id"), config.get("feature_backbone_name"), config.get("backbone_name"),
                  config.get("feature_backbone"), backbone.get("_name_or_path")):
         if isinstance(name, str) and HUB_ID.match(name) and not os.path.isabs(name):
             return name

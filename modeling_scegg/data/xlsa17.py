@@ -215,6 +215,16 @@ class RegionHDF5:
             yield regions
 
 
+def read_feature_backbone(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """The backbone a region-feature HDF5 records (``scegg extract`` writes its fingerprint and
+    name as attributes), as ``(feature_backbone, feature_backbone_name)``; (None, None) for files
+    that do not say, e.g. the authors' own."""
+    h5py = import_optional("h5py", "hdf5", "reading HDF5 region features")
+    with h5py.File(path, "r") as h5:
+        fingerprint, name = h5.attrs.get("feature_backbone"), h5.attrs.get("feature_backbone_name")
+    return (None if fingerprint is None else str(fingerprint)), (None if name is None else str(name))
+
+
 def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:
     return {
         "att_splits": [data_dir / "xlsa17" / "data" / name / "att_splits.mat", data_dir / "xlsa17" / name / "att_splits.mat"],

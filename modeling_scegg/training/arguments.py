@@ -55,8 +55,8 @@ class SCEGGTrainingArguments:
     class_attributes_file: str | None = field(default=None, metadata={"help": (
         "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)")})
     image_backbone: str | None = field(default=None, metadata={"help": (
-        "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, "
-        "or 'random' (tests only)")})
+        "for an image folder (required there): torchvision ResNet-101 weights file, a checkpoint folder, a Hub id "
+        "(timm/resnet101.tv_in1k: torchvision's ImageNet weights; microsoft/resnet-101), or 'random' (tests only)")})
     attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": (
         "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors")})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})

@@ -94,6 +94,7 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
         fixed["attribute_encoder"] = semantics.attribute_encoder
     if data.feature_backbone is not None:
         fixed["feature_backbone"] = data.feature_backbone
+        fixed["feature_backbone_name"] = data.feature_backbone_name
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
