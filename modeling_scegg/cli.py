@@ -49,34 +49,22 @@ def format_results(results: dict) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import itertools
-
     import torch
 
     from .hub import load_image_processor, load_model
-    from .prediction import (
-        FEATURE_SUFFIXES,
-        expand_inputs,
-        predict_images,
-        predict_region_features,
-        write_predictions,
-    )
+    from .prediction import FEATURE_SUFFIXES, check_options, expand_inputs, predict_inputs, write_predictions
 
-    model = load_model(args.model, for_images=True).eval()
+    check_options(args.top_k, args.batch_size, args.output)
     files = expand_inputs(args.inputs)
-    features = [f for f in files if f.suffix.lower() in FEATURE_SUFFIXES]
+    model = load_model(args.model, for_images=True).eval()
     images = [f for f in files if f.suffix.lower() not in FEATURE_SUFFIXES]
     processor = load_image_processor(args.model) if images else None
     if images:
         model = _with_backbone(model, args, processor)
     if torch.cuda.is_available():
         model = model.cuda()
-    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
-    rows = itertools.chain(*(predict_region_features(model, f, **options) for f in features),
-                           predict_images(model, processor, images, **options) if images else ())
-    errors = write_predictions(rows, args.output, args.top_k)
-    print(f"{len(features)} feature files and {len(images)} pictures: {errors} rows failed", file=sys.stderr)
-    return 1 if errors else 0
+    rows = predict_inputs(model, processor, files, czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
+    return write_predictions(rows, args.output, args.top_k)
 
 
 def _with_backbone(model, args: argparse.Namespace, processor):
@@ -192,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train all stages (flags: see `scegg train --help`)", add_help=False)
     predict = sub.add_parser("predict", help="class names for pictures (or region features) with a trained model; "
-                                             "exit status 1 when any input failed")
+                                             "exit status 1 when some inputs got an error row, 2 when "
+                                             "the run could not start or stopped early")
     predict.add_argument("model", help="output folder or Hub id")
     predict.add_argument("inputs", nargs="+", help="pictures, folders of pictures, or .npy / .safetensors files "
                                                    "of region features (B, R, D)")
