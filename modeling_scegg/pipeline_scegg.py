@@ -20,12 +20,15 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import urllib.request
 
 import numpy as np
 import torch
 from transformers import ImageClassificationPipeline
 
 from .image_processing_scegg import UnusableImage, load_picture
+
+MAX_DOWNLOAD_BYTES = 200_000_000  # a picture fetched from a URL; larger is no photo
 
 
 class SCEGGImageClassificationPipeline(ImageClassificationPipeline):
@@ -60,9 +63,11 @@ def _picture_source(image, timeout: float | None):
     if not isinstance(image, str) or os.path.isfile(image):
         return image
     if image.startswith(("http://", "https://")):
-        import httpx
-
-        return httpx.get(image, timeout=timeout, follow_redirects=True).content
+        with urllib.request.urlopen(image, timeout=timeout) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise UnusableImage(f"{image} is larger than {MAX_DOWNLOAD_BYTES // 10**6} MB")
+        return data
     try:
         return base64.b64decode(image.split(",", 1)[1] if image.startswith("data:image/") else image, validate=True)
     except (binascii.Error, ValueError) as error:

@@ -158,7 +158,8 @@ def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, ba
             features = open_region_features(path, stack)
             _check_feature_shape(path, features.shape, model.config)
             for start in range(0, features.shape[0], batch_size):
-                rows = _feature_batch_rows(model, path, start, features[start:start + batch_size], czsl, top_k)
+                stop = min(start + batch_size, features.shape[0])  # safetensors slices do not clamp
+                rows = _feature_batch_rows(model, path, start, features[start:stop], czsl, top_k)
                 yield from rows
                 done += len(rows)
     except Exception as error:
@@ -167,7 +168,7 @@ def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, ba
 
 def _feature_batch_rows(model: SCEGGModel, path: Path, start: int, batch, czsl: bool, top_k: int) -> list[Prediction]:
     """Rows of one batch of a feature file; images with NaN or infinite features get error rows."""
-    batch = torch.from_numpy(np.asarray(batch, dtype=np.float32))
+    batch = torch.from_numpy(np.array(batch, dtype=np.float32))  # a copy: memory maps are read-only
     names = [f"{path}[{i}]" for i in range(start, start + len(batch))]
     finite = torch.isfinite(batch).flatten(1).all(dim=1)
     ranked = iter(_rank_batch(model, [n for n, ok in zip(names, finite) if ok],
@@ -258,11 +259,13 @@ def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | No
     with _output(output) as (handle, kind):
         try:
             _write_rows(rows, handle, kind, top_k, tally)
-        except Exception as error:  # the finished rows are kept: the file is still renamed into place
+        except BaseException as error:  # the finished rows are kept: the file is still renamed into place
             stopped = error
-    if stopped is not None:
+    if isinstance(stopped, Exception):
         raise UserError(f"the run stopped after {tally.rows} rows: {type(stopped).__name__}: {stopped}",
                         f"{output or 'stdout'} holds the {tally.rows} finished rows; rerun the remaining inputs") from stopped
+    if stopped is not None:  # an interrupt stays an interrupt
+        raise stopped
     return _exit_status(tally)
 
 
