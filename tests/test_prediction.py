@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from conftest import tiny_image_processor, tiny_resnet
 from PIL import Image
-from test_export import region_model
-
 from safetensors.numpy import save_file
-from test_image_processing_scegg import EPS, grey16_png, strip_png, tga_named_jpg, text_bomb_png
+from test_export import region_model
+from test_image_processing_scegg import EPS, grey16_png, strip_png, text_bomb_png, tga_named_jpg
 
 from modeling_scegg import prediction
 from modeling_scegg.cli import main
