@@ -22,9 +22,11 @@ pipelines) reads it with :func:`load_picture`, so they all hand the backbone the
   to gigabytes); PIL's limits on compressed PNG text chunks stay in force;
 * a JPEG more than four times the processor's resize size is decoded at a reduced scale (libjpeg's
   DCT scaling, PIL's ``draft``) whose short side stays at least twice that size, so a 40-megapixel
-  photo is never held whole; the bilinear resize that follows then differs from resizing the full
-  decode by about a quarter of a grey level on average (a reduction to just above the resize size
-  would differ by up to 16);
+  photo is never held whole; other formats, which cannot decode at a reduced scale, are reduced
+  right after decoding by a power-of-two factor that keeps the short side at least four times the
+  resize size (PIL's ``reduce``, a box filter). The bilinear resize that follows differs from
+  resizing the full picture by about a quarter of a grey level on average (a reduction to just
+  above the resize size would differ by up to 16);
 * the EXIF orientation is applied (``ImageOps.exif_transpose``), as transformers' ``load_image``
   does; 16-bit and 32-bit integer greyscale (PNG, TIFF) is scaled to 8 bits (65535 -> 255) instead
   of clipped to white; floating-point pictures are refused;
@@ -56,6 +58,7 @@ MAX_PICTURE_ASPECT = 20  # long side / short side: wide panoramas pass, patholog
 PICTURE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # PIL opens cameras' multi-picture JPEGs as MPO
 MAX_PROCESSOR_SIDE = 2048  # the largest resize / crop side a processor may ask for (ResNet-101 is trained at 224-448)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK")
 
 PictureSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
@@ -97,7 +100,7 @@ def load_picture(source: PictureSource, shortest_edge: int | None = None) -> Ima
     if isinstance(source, Image.Image):
         if source.format is not None and source.format not in (*PICTURE_FORMATS, "MPO"):
             raise UnusableImage(f"{source.format} pictures are not accepted (formats: {', '.join(PICTURE_FORMATS)})")
-        return _decode(source, None)
+        return _decode(source, None, owned=False)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise UnusableImage("no such file")
@@ -116,11 +119,12 @@ def load_picture(source: PictureSource, shortest_edge: int | None = None) -> Ima
     except Exception as error:
         raise UnusableImage(f"unreadable image data ({error})") from error
     with image:
-        return _decode(image, shortest_edge)
+        return _decode(image, shortest_edge, owned=True)
 
 
-def _decode(image: Image.Image, shortest_edge: int | None) -> Image.Image:
-    """Size check on the header, then (bounded) decoding, EXIF orientation and RGB conversion."""
+def _decode(image: Image.Image, shortest_edge: int | None, owned: bool) -> Image.Image:
+    """Size check on the header, then (bounded) decoding, EXIF orientation and RGB conversion; an
+    image we opened (`owned`) is turned upright in place, a caller's is left as it was."""
     check_picture_size(*image.size)
     try:
         with warnings.catch_warnings():
@@ -128,13 +132,27 @@ def _decode(image: Image.Image, shortest_edge: int | None) -> Image.Image:
             if shortest_edge and image.format in ("JPEG", "MPO"):
                 image.draft(None, (2 * shortest_edge, 2 * shortest_edge))
             image.load()
-            return picture_to_rgb(ImageOps.exif_transpose(image))
+            if not owned:
+                return picture_to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # a full-size copy fewer
+            return picture_to_rgb(_reduced(image, shortest_edge))
     except UnusableImage:
         raise
     except Image.DecompressionBombError as error:
         raise UnusableImage(f"too large to decode safely ({error})") from error
     except Exception as error:  # truncated or corrupt data, a text chunk over PIL's limits, bad EXIF...
         raise UnusableImage(f"unreadable image data ({error})") from error
+
+
+def _reduced(image: Image.Image, shortest_edge: int | None) -> Image.Image:
+    """A decoded picture over eight times the resize size, reduced by the largest power-of-two
+    factor (box filter, PIL's ``reduce``) that keeps its short side at least four times that size:
+    for the formats that cannot decode at a reduced scale as JPEG does. (Non-power-of-two factors
+    and smaller margins moved the pixels after preprocessing by several grey levels.)"""
+    factor = min(image.size) // (4 * shortest_edge) if shortest_edge else 0
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES:
+        return image
+    return image.reduce(1 << (factor.bit_length() - 1))
 
 
 class SCEGGImageProcessor(PilBackend):
@@ -187,7 +205,7 @@ class SCEGGImageProcessor(PilBackend):
         """:func:`picture_to_rgb` for PIL images (alpha dropped, as torchvision's loader does; 16-bit
         greyscale scaled); arrays go through transformers' conversion."""
         if isinstance(image, Image.Image):
-            return np.array(picture_to_rgb(image))
+            return np.array(image if image.mode == "RGB" else picture_to_rgb(image))
         return super().convert_to_rgb(image, input_data_format=input_data_format)
 
     def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:

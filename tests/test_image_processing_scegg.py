@@ -190,14 +190,18 @@ def test_exif_orientation_is_applied_from_every_kind_of_source(tmp_path):
     assert load_picture(load_picture(path)).size == (64, 96), "applying it twice must not turn it again"
 
 
-def test_a_large_jpeg_is_decoded_near_the_resize_size_with_the_same_pixels(tmp_path):
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_a_large_picture_is_decoded_near_the_resize_size_with_the_same_pixels(tmp_path, suffix):
+    """JPEG at a reduced scale while decoding (short side at least 2x the resize size), PNG reduced
+    right after (at least 4x): pixels after preprocessing within a fraction of a grey level of the
+    full picture's."""
     rng = np.random.default_rng(0)
     smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((2400, 1800), Image.BICUBIC)
-    smooth.save(tmp_path / "big.jpg", quality=90)
+    smooth.save(tmp_path / f"big.{suffix}", quality=90)
     processor = SCEGGImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-    reduced = load_picture(tmp_path / "big.jpg", processor.decode_size)
-    assert reduced.size == (300, 225), "decoded at 1/8, the short side still at least twice the resize size"
-    full = load_picture(tmp_path / "big.jpg")
+    reduced = load_picture(tmp_path / f"big.{suffix}", processor.decode_size)
+    assert reduced.size == {"jpg": (300, 225), "png": (600, 450)}[suffix]
+    full = load_picture(tmp_path / f"big.{suffix}")
     assert full.size == (2400, 1800)
     difference = processor(reduced)["pixel_values"][0] - processor(full)["pixel_values"][0]
     assert np.abs(difference).mean() < 0.01 and np.abs(difference).max() < 0.1
