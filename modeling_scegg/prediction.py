@@ -199,10 +199,24 @@ def open_region_features(path: Path, stack: ExitStack):
         if FEATURE_TENSOR not in handle.keys():
             raise UnusableImage(f"no tensor {FEATURE_TENSOR!r} (found {sorted(handle.keys())[:5]})")
         return _SafetensorsArray(handle.get_slice(FEATURE_TENSOR))
+    _check_npy_header(path)
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UnusableImage(f"region features of dtype {array.dtype}, expected floating-point numbers")
     return array
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse, from the header alone, a .npy of Python objects: loading it would unpickle."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(handle)
+        except ValueError as error:
+            raise UnusableImage(f"not a .npy file ({error})") from error
+    if dtype.hasobject:
+        raise UnusableImage("holds Python objects (a pickle), which are never loaded; save a numeric (B, R, D) array")
 
 
 class _SafetensorsArray:

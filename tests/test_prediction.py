@@ -163,7 +163,7 @@ def _bad_feature_files(folder: Path) -> dict[str, str]:
     data = (folder / "cut.safetensors").read_bytes()
     (folder / "cut.safetensors").write_bytes(data[: len(data) // 2])
     return {"shape.npy": "region features of shape (2, 5, 12), expected (B, 4, 12)",
-            "objects.npy": "ValueError: Array can't be memory-mapped: Python objects in dtype",
+            "objects.npy": "holds Python objects (a pickle), which are never loaded",
             "truncated.npy": "ValueError: mmap length is greater than file size",
             "missing.safetensors": "no tensor 'region_features' (found ['other'])",
             "huge_header.safetensors": "corrupt safetensors header: it claims 37000000000 bytes",
