@@ -292,7 +292,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         it (finished chunks are kept, so a rerun resumes)."""
         path = self.image_dir / self.files[index]
         try:
-            image = load_picture(path, self.preprocess.processor.decode_size)
+            image = load_picture(path, getattr(getattr(self.preprocess, "processor", None), "decode_size", None))
         except UnusableImage as error:
             raise ValueError(f"cannot read image {path}: {error}; remove or replace it and rerun "
                              f"(the chunks already extracted are kept)") from error

@@ -34,7 +34,7 @@ from .classifiers import (
     train_and_evaluate_classifiers,
 )
 from .common import RunContext, silence_noisy_loggers
-from .run_lock import run_identity
+from .run_lock import run_identity, run_locked
 from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
@@ -182,8 +182,9 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     """Train every stage and evaluate (what `scegg train` and examples/train_stages.py run);
     returns the results written to `results.json`."""
     data = load_data(args)
-    args, selection = choose_on_validation(args, data)
-    return train_and_evaluate(args, data, selection=selection)[0]
+    with run_locked(args.output_dir):  # from the validation view's run to the end of the real one
+        args, selection = choose_on_validation(args, data)
+        return train_and_evaluate(args, data, selection=selection)[0]
 
 
 def resolve_calibration(calibration: str, data: ZSLDataset) -> str:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+from accelerate import PartialState
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write_text
@@ -55,6 +57,18 @@ def hold_run_lock(output_dir: str | Path) -> FileLock:
             f"another scegg run is writing into {output_dir} (it holds {lock.lock_file}); wait for it to finish "
             f"or choose another --output_dir") from error
     return lock
+
+
+@contextmanager
+def run_locked(output_dir: str | Path) -> Iterator[None]:
+    """Hold the output folder's lock (main process) for a block spanning several runs into it, e.g.
+    the validation view's run and the real one: :func:`hold_run_lock` inside is re-entrant."""
+    lock = hold_run_lock(output_dir) if PartialState().is_main_process else None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def data_fingerprint(data) -> str:
@@ -130,4 +144,4 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 __all__ = ["IDENTITY_FILE_NAME", "LOCK_FILE_NAME", "RESUMABLE_ARGUMENTS", "ResumeMismatchError", "RunInProgressError",
-           "check_run_identity", "data_fingerprint", "first_difference", "hold_run_lock", "run_identity"]
+           "check_run_identity", "data_fingerprint", "first_difference", "hold_run_lock", "run_identity", "run_locked"]
