@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_SOME_INPUTS_FAILED, UserError
+from .errors import EXIT_ERROR, EXIT_OK, UserError
 
 
 def configure_logging() -> None:
@@ -81,34 +81,22 @@ def format_results(results: dict) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import itertools
-
     import torch
 
     from .hub import load_image_processor, load_model
-    from .prediction import (
-        FEATURE_SUFFIXES,
-        expand_inputs,
-        predict_images,
-        predict_region_features,
-        write_predictions,
-    )
+    from .prediction import FEATURE_SUFFIXES, check_options, expand_inputs, predict_inputs, write_predictions
 
-    model = load_model(args.model, for_images=True).eval()
+    check_options(args.top_k, args.batch_size, args.output)
     files = expand_inputs(args.inputs)
-    features = [f for f in files if f.suffix.lower() in FEATURE_SUFFIXES]
+    model = load_model(args.model, for_images=True).eval()
     images = [f for f in files if f.suffix.lower() not in FEATURE_SUFFIXES]
     processor = load_image_processor(args.model) if images else None
     if images:
         model = _with_backbone(model, args, processor)
     if torch.cuda.is_available():
         model = model.cuda()
-    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
-    rows = itertools.chain(*(predict_region_features(model, f, **options) for f in features),
-                           predict_images(model, processor, images, **options) if images else ())
-    errors = write_predictions(rows, args.output, args.top_k)
-    print(f"{len(features)} feature files and {len(images)} pictures: {errors} rows failed", file=sys.stderr)
-    return EXIT_SOME_INPUTS_FAILED if errors else EXIT_OK
+    rows = predict_inputs(model, processor, files, czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
+    return write_predictions(rows, args.output, args.top_k)
 
 
 def _with_backbone(model, args: argparse.Namespace, processor):

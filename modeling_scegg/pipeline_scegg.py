@@ -3,22 +3,36 @@
 
 `pipeline(TASK, model=REPO, trust_remote_code=True)` finds these classes through
 `custom_pipelines` in the checkpoint's config.json. The first is transformers' image-classification
-pipeline (image loading, the checkpoint's image processor, batching) with two differences:
+pipeline (the checkpoint's image processor, batching) with three differences:
 
+* pictures (paths, URLs, base64 strings, PIL images) are read by the image processor's
+  ``load_picture``, as ``scegg predict`` and training read them: the same formats, sizes, EXIF
+  orientation and 16-bit scaling, and the same ``UnusableImage`` refusals;
 * `czsl=True` (conventional zero-shot) ranks only the classes unseen in training, with the model's
   CZSL head; the default (generalised zero-shot, GZSL) ranks every class with the GZSL head;
 * scores are a softmax over exactly the classes ranked, and `top_k` is capped at their number.
 
 `SCEGGZeroShotImageClassificationPipeline` ranks a picture among `candidate_labels`, any classes the
 model knows (seen, unseen or added after training), with scores summing to 1 over the candidates,
-as transformers' CLIP pipeline does.
+as transformers' CLIP pipeline does; it reads pictures the same way.
 
-This file depends only on transformers and torch, so it travels to the Hub as remote code.
+This file depends only on transformers, torch, numpy and the image processor's file, so it travels to
+the Hub as remote code.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import os
+import urllib.request
+
+import numpy as np
 import torch
 from transformers import ImageClassificationPipeline
+
+from .image_processing_scegg import UnusableImage, load_picture
+
+MAX_DOWNLOAD_BYTES = 200_000_000  # a picture fetched from a URL; larger is no photo
 
 
 class SCEGGImageClassificationPipeline(ImageClassificationPipeline):
@@ -36,10 +50,32 @@ class SCEGGImageClassificationPipeline(ImageClassificationPipeline):
             postprocess["czsl"] = bool(czsl)
         return preprocess, forward, postprocess
 
+    def preprocess(self, image, timeout=None):
+        """Pictures through the one reader of every path; arrays and tensors go to the processor as they are."""
+        if not isinstance(image, (np.ndarray, torch.Tensor)):
+            image = load_picture(_picture_source(image, timeout), getattr(self.image_processor, "decode_size", None))
+        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)
+
     def postprocess(self, model_outputs, function_to_apply=None, top_k=5, czsl=False):
         function = "softmax" if function_to_apply is None else str(getattr(function_to_apply, "value", function_to_apply))
         logits = model_outputs["czsl_logits" if czsl else "logits"][0]
         return rank_classes(logits, self.model.config, czsl=czsl, top_k=top_k, function=function)
+
+
+def _picture_source(image, timeout: float | None):
+    """What :func:`load_picture` reads: a URL's bytes, a base64 string's bytes, else `image` itself."""
+    if not isinstance(image, str) or os.path.isfile(image):
+        return image
+    if image.startswith(("http://", "https://")):
+        with urllib.request.urlopen(image, timeout=timeout) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise UnusableImage(f"{image} is larger than {MAX_DOWNLOAD_BYTES // 10**6} MB")
+        return data
+    try:
+        return base64.b64decode(image.split(",", 1)[1] if image.startswith("data:image/") else image, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise UnusableImage(f"neither a picture file, a URL nor base64 data: {image[:80]!r}") from error
 
 
 def rank_classes(logits: torch.Tensor, config, czsl: bool = False, top_k: int = 5, function: str = "softmax") -> list[dict]:

@@ -287,10 +287,10 @@ def test_extract_command_line(tmp_path, capsys):
     assert (args.dataset, args.backbone, args.crop_size, args.autocast) == ("SUN", "timm/resnet101.tv_in1k", 224, "no")
     bench = make_benchmark(tmp_path)
     shutil.rmtree(bench.image_dir / bench.pictures[0].split("/")[0] / "images" / CLASS_NAMES["CUB"][5])
-    from modeling_scegg.cli import main
+    from modeling_scegg.cli import run
 
     with pytest.raises(UserError, match="4 of the 24 pictures"):
-        main(["extract", "CUB", str(bench.image_dir), "--data_dir", str(bench.data_dir), "--backbone", "random"])
+        run(["extract", "CUB", str(bench.image_dir), "--data_dir", str(bench.data_dir), "--backbone", "random"])
 
 
 def test_a_transformers_checkpoint_of_another_resnet_is_refused_by_name(tmp_path):

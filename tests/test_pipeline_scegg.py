@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_image_processor, tiny_resnet
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
 from PIL import Image
@@ -102,3 +103,50 @@ def test_zero_shot_pipeline_says_how_to_add_an_unknown_class(tmp_path):
         ranker(image, candidate_labels=["bird_1", "kiwi"])
     with pytest.raises(ValueError, match="candidate_labels is required"):
         ranker(image)
+
+
+@pytest.fixture(scope="module")
+def pipe_and_folder(tmp_path_factory):
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()),
+                        tmp_path_factory.mktemp("model"), tiny_image_processor())
+    return pipeline("image-classification", model=str(folder), trust_remote_code=True), folder
+
+
+def test_one_rotated_jpeg_gives_the_backbone_the_same_pixels_on_every_path(pipe_and_folder, tmp_path):
+    """Issue 16.3: scegg predict, image-folder extraction and the pipeline (path, PIL image, bytes
+    as base64) read the EXIF-rotated picture upright, into identical pixel_values."""
+    import base64
+
+    from test_image_processing_scegg import rotated_jpeg
+
+    from modeling_scegg.data.backbone import ImagePreprocessor
+    from modeling_scegg.data.images import _ImageFiles
+    from modeling_scegg.prediction import read_picture
+
+    pipe, _ = pipe_and_folder
+    path = rotated_jpeg(tmp_path / "rotated.jpg", size=(150, 100))
+    processor = tiny_image_processor()
+    paths = {
+        "predict": read_picture(path, processor),
+        "extraction": _ImageFiles(tmp_path, [path.name], ImagePreprocessor(processor.crop_size.height))[0],
+        "pipeline (path)": pipe.preprocess(str(path))["pixel_values"][0],
+        "pipeline (PIL image)": pipe.preprocess(Image.open(path))["pixel_values"][0],
+        "pipeline (base64)": pipe.preprocess(base64.b64encode(path.read_bytes()).decode())["pixel_values"][0],
+    }
+    upright = processor(Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_270),
+                        return_tensors="pt")["pixel_values"][0]
+    sideways = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert not torch.equal(upright, sideways)
+    for name, pixels in paths.items():
+        assert torch.equal(pixels, upright), name
+
+
+@pytest.mark.parametrize("size", [(1, 1), (31, 31)])
+def test_the_pipeline_refuses_what_predict_refuses(pipe_and_folder, tmp_path, size):
+    from modeling_scegg.image_processing_scegg import UnusableImage
+
+    pipe, _ = pipe_and_folder
+    Image.new("RGB", size, (200, 10, 10)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=f"too small: {size[0]} x {size[1]}") as refused:
+        pipe(str(tmp_path / "small.png"))
+    assert type(refused.value).__name__ == UnusableImage.__name__

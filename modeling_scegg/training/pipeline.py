@@ -34,6 +34,7 @@ from .classifiers import (
     train_and_evaluate_classifiers,
 )
 from .common import RunContext, silence_noisy_loggers
+from .run_lock import run_identity, run_locked
 from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
@@ -182,8 +183,9 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     """Train every stage and evaluate (what `scegg train` and examples/train_stages.py run);
     returns the results written to `results.json`."""
     data = load_data(args)
-    args, selection = choose_on_validation(args, data)
-    return train_and_evaluate(args, data, selection=selection)[0]
+    with run_locked(args.output_dir):  # from the validation view's run to the end of the real one
+        args, selection = choose_on_validation(args, data)
+        return train_and_evaluate(args, data, selection=selection)[0]
 
 
 def resolve_calibration(calibration: str, data: ZSLDataset) -> str:
@@ -280,7 +282,9 @@ def start_run(args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict | 
         require_plots()
     accelerator = _run_accelerator(args)
     checkpoints = CheckpointManager(args.output_dir)
-    _check_output_dir(args, checkpoints)
+    with checkpoints.held_for_the_run(accelerator.is_main_process):  # one run per folder, until finish_run
+        _check_output_dir(args, checkpoints)
+        checkpoints.check_identity(run_identity(args, data), args.resume, accelerator.is_main_process)
     set_seed(args.seed)
     config = build_config(data, args.model_config_overrides())
     finished = checkpoints.last_finished_stage() if args.resume else None
@@ -379,6 +383,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         _write_outputs(ctx, run.data, run.caches, results)
     ctx.accelerator.wait_for_everyone()
     ctx.accelerator.end_training()
+    ctx.checkpoints.release()
     return results
 
 
