@@ -71,10 +71,11 @@ def _predict(args: argparse.Namespace) -> int:
         model = _with_backbone(model, args, processor)
     if torch.cuda.is_available():
         model = model.cuda()
-    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
+    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size, attributes=args.attributes)
+    maps = dict(attention_maps=args.attention_maps)
     rows = itertools.chain(*(predict_region_features(model, f, **options) for f in features),
-                           predict_images(model, processor, images, **options) if images else ())
-    errors = write_predictions(rows, args.output, args.top_k)
+                           predict_images(model, processor, images, **options, **maps) if images else ())
+    errors = write_predictions(rows, args.output, args.top_k, args.attributes)
     print(f"{len(features)} feature files and {len(images)} pictures: {errors} rows failed", file=sys.stderr)
     return 1 if errors else 0
 
@@ -200,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--czsl", action="store_true", help="rank the unseen classes only (CZSL); default: all (GZSL)")
     predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
     predict.add_argument("--batch_size", type=int, default=16)
+    predict.add_argument("--attributes", type=int, default=0, metavar="K", help="explain: the K attributes seen most "
+                         "strongly, per class the K supporting and K contradicting ones (more CSV columns / JSON keys)")
+    predict.add_argument("--attention_maps", metavar="DIR", help="with --attributes K, pictures only: their attention "
+                         "maps of those K attributes, overlaid on them, as DIR/<picture>.<attribute>.png")
     predict.add_argument("--image_backbone", help="for a model without backbone: the ResNet its features came from "
                                                   "(weights file, transformers folder / Hub id, or 'random' for tests)")
     attach = sub.add_parser("attach-backbone", help="embed the ResNet region backbone in a model trained on region features")

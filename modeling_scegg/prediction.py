@@ -11,7 +11,12 @@ an error row naming the file and the reason, and the others go on:
 
 Rows are ``{"file", "error", "predictions": [{"label", "score"}, ...]}`` with the pipeline's
 ranking (:func:`~modeling_scegg.pipeline_scegg.rank_classes`): GZSL over every class, or CZSL over
-the unseen ones.
+the unseen ones. With ``attributes=K`` (``--attributes K``) each row is explained as the pipeline's
+``return_attributes=K`` does (:func:`~modeling_scegg.pipeline_scegg.attribute_evidence`): the row
+gains "attributes" (the K attributes seen most strongly) and every prediction "supporting" and
+"contradicting"; the CSV gains the columns of :func:`evidence_columns`. ``attention_maps=DIR``
+(``--attention_maps DIR``) also writes, per picture, the attention maps of those K attributes
+overlaid on the crop the model saw, as ``DIR/<picture stem>.<attribute>.png``.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from .atomic import atomic_path
 from .data.images import IMAGE_EXTENSIONS
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
-from .pipeline_scegg import rank_classes
+from .pipeline_scegg import attention_overlays, attribute_evidence, picture_from_pixels, rank_classes
 
 MIN_IMAGE_SIDE = 32
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default: above it PIL warns of a decompression bomb
@@ -50,6 +55,7 @@ class Prediction:
     file: str
     predictions: list[dict] = field(default_factory=list)
     error: str = ""
+    attributes: list[dict] | None = None
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -95,16 +101,36 @@ def _check_size(size: tuple[int, int]) -> None:
 
 
 @torch.no_grad()
-def _rank_batch(model: SCEGGModel, inputs: dict[str, torch.Tensor], czsl: bool, top_k: int) -> list[list[dict]]:
-    output = model(**inputs)
+def _rank_batch(model: SCEGGModel, inputs: dict[str, torch.Tensor], czsl: bool, top_k: int,
+                attributes: int = 0) -> list[list[dict] | dict | None]:
+    output = model(**inputs, output_attribute_scores=bool(attributes), output_attentions=bool(attributes))
     logits = output.czsl_logits if czsl else output.logits
-    return [rank_classes(row, model.config, czsl=czsl, top_k=top_k) if torch.isfinite(row).all() else None
-            for row in logits.cpu()]
+    ranked = [rank_classes(row, model.config, czsl=czsl, top_k=top_k) if torch.isfinite(row).all() else None
+              for row in logits.cpu()]
+    if not attributes:
+        return ranked
+    return [None if ranks is None else {**attribute_evidence(scores, model.config, ranks, model.class_attributes,
+                                                             attributes, czsl), "attentions": attention}
+            for ranks, scores, attention in zip(ranked, output.attribute_scores, output.attentions)]
 
 
-def _rows(files: Sequence[str], ranked: list[list[dict] | None]) -> list[Prediction]:
-    return [Prediction(file, ranks) if ranks is not None else Prediction(file, error="non-finite scores")
+def _rows(files: Sequence[str], ranked: list[list[dict] | dict | None]) -> list[Prediction]:
+    """Prediction rows from `_rank_batch`'s rankings (lists) or explained rankings (dicts)."""
+    return [Prediction(file, error="non-finite scores") if ranks is None
+            else Prediction(file, ranks) if isinstance(ranks, list)
+            else Prediction(file, ranks["predictions"], attributes=ranks["attributes"])
             for file, ranks in zip(files, ranked)]
+
+
+def save_attention_maps(folder: Path, file: str, pixels: torch.Tensor, explained: dict, model: SCEGGModel,
+                        processor: SCEGGImageProcessor) -> None:
+    """`folder/<stem>.<attribute>.png` for the attributes of one explained picture, each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = [a["attribute"] for a in explained["attributes"]]
+    overlays = attention_overlays(picture_from_pixels(pixels, processor), explained["attentions"], model.config, chosen)
+    for name, overlay in overlays.items():
+        with atomic_path(folder / f"{Path(file).stem}.{name.replace('/', '_')}.png") as tmp:
+            overlay.save(tmp, format="PNG")
 
 
 def predict_images(
@@ -115,16 +141,24 @@ def predict_images(
     czsl: bool = False,
     top_k: int = 5,
     batch_size: int = 16,
+    attributes: int = 0,
+    attention_maps: str | os.PathLike | None = None,
 ) -> Iterator[Prediction]:
     """One row per file, in order, classifying the usable pictures `batch_size` at a time."""
+    if attention_maps and not attributes:
+        raise ValueError("attention maps are drawn for the attributes an explanation names: pass --attributes K too")
     device = model.class_attributes.device
     pending: list[tuple[str, Image.Image]] = []
 
     def flush() -> list[Prediction]:
         pixels = processor([image for _, image in pending], return_tensors="pt")["pixel_values"].to(device)
-        rows = _rows([name for name, _ in pending], _rank_batch(model, {"pixel_values": pixels}, czsl, top_k))
+        names = [name for name, _ in pending]
         pending.clear()
-        return rows
+        ranked = _rank_batch(model, {"pixel_values": pixels}, czsl, top_k, attributes)
+        for name, picture, explained in zip(names, pixels, ranked):
+            if attention_maps and explained is not None:
+                save_attention_maps(Path(attention_maps), name, picture.cpu(), explained, model, processor)
+        return _rows(names, ranked)
 
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
         for path in files:
@@ -153,46 +187,67 @@ def read_region_features(path: Path) -> np.ndarray:
 
 
 def predict_region_features(model: SCEGGModel, path: Path, *, czsl: bool = False, top_k: int = 5,
-                            batch_size: int = 16) -> Iterator[Prediction]:
+                            batch_size: int = 16, attributes: int = 0) -> Iterator[Prediction]:
     """One row per image of a region-feature file, named `file[index]`."""
     features = read_region_features(path)
     device = model.class_attributes.device
     for start in range(0, len(features), batch_size):
         batch = torch.from_numpy(np.asarray(features[start:start + batch_size], dtype=np.float32)).to(device)
         names = [f"{path}[{i}]" for i in range(start, start + len(batch))]
-        yield from _rows(names, _rank_batch(model, {"region_features": batch}, czsl, top_k))
+        yield from _rows(names, _rank_batch(model, {"region_features": batch}, czsl, top_k, attributes))
 
 
-def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | None, top_k: int) -> int:
+def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | None, top_k: int,
+                      attributes: int = 0) -> int:
     """Write rows as CSV or JSON lines (by the suffix of `output`; stdout gets JSON lines), the file
-    atomically; returns how many rows are errors."""
+    atomically; returns how many rows are errors. `attributes` adds the CSV's evidence columns."""
     if output is None:
-        return _write_rows(rows, sys.stdout, "jsonl", top_k)
+        return _write_rows(rows, sys.stdout, "jsonl", top_k, attributes)
     output = Path(output)
     kind = {".csv": "csv", ".jsonl": "jsonl"}.get(output.suffix.lower())
     if kind is None:
         raise ValueError(f"--output must end in .csv or .jsonl, got {output}")
     with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        errors = _write_rows(rows, handle, kind, top_k)
+        errors = _write_rows(rows, handle, kind, top_k, attributes)
     return errors
 
 
-def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int) -> int:
+def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int, attributes: int = 0) -> int:
     errors = 0
     writer = None
     if kind == "csv":
         writer = csv.writer(handle)
-        writer.writerow(["file", "error"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("label", "score")])
+        writer.writerow(["file", "error"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("label", "score")]
+                        + (evidence_header(top_k) if attributes else []))
     for row in rows:
         errors += bool(row.error)
         if writer is None:
-            handle.write(json.dumps({"file": row.file, "error": row.error, "predictions": row.predictions}) + "\n")
+            extra = {} if row.attributes is None else {"attributes": row.attributes}
+            handle.write(json.dumps({"file": row.file, "error": row.error, "predictions": row.predictions, **extra}) + "\n")
         else:
             ranked = [value for p in row.predictions for value in (p["label"], f"{p['score']:.6f}")]
-            writer.writerow([row.file, row.error, *ranked] + [""] * (2 * top_k - len(ranked)))
+            writer.writerow([row.file, row.error, *ranked] + [""] * (2 * top_k - len(ranked))
+                            + (evidence_columns(row, top_k) if attributes else []))
         handle.flush()
     return errors
 
 
-__all__ = ["MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "Prediction", "UnusableImage", "expand_inputs", "open_image",
-           "predict_images", "predict_region_features", "read_region_features", "write_predictions"]
+def evidence_header(top_k: int) -> list[str]:
+    """The CSV columns an explained prediction adds: the attributes seen, then per rank k the
+    attributes supporting and contradicting the k-th class."""
+    return ["attributes"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("supporting", "contradicting")]
+
+
+def evidence_columns(row: Prediction, top_k: int) -> list[str]:
+    """A row's values under :func:`evidence_header`: `name:score` (seen attributes, by e_l) and
+    `name:contribution` entries joined by ';', strongest first; empty for an error row."""
+    def joined(entries: list[dict], key: str) -> str:
+        return ";".join(f"{e['attribute']}:{e[key]:+.4f}" for e in entries)
+
+    per_class = [joined(p.get(side, []), "contribution") for p in row.predictions for side in ("supporting", "contradicting")]
+    return [joined(row.attributes or [], "score"), *per_class] + [""] * (2 * top_k - len(per_class))
+
+
+__all__ = ["MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "Prediction", "UnusableImage", "evidence_columns", "evidence_header",
+           "expand_inputs", "open_image", "predict_images", "predict_region_features", "read_region_features",
+           "save_attention_maps", "write_predictions"]
