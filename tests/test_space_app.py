@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, tiny_image_processor, tiny_resnet
+from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
 from PIL import Image
 from test_export import region_model
 
@@ -86,6 +87,42 @@ def test_an_added_class_is_ranked_at_once_and_bad_tables_are_explained(app_model
     csv.write_text("class_name,has_crest\nowl,1\n")
     assert "the model's 7 attribute columns, got 1" in demo.add("", rows, str(csv), None, 3, 4, [], None)[-2]
     assert "all-zero" in demo.add("nothing", app.attribute_table(demo.pipe), None, None, 3, 4, [], None)[-2]
+
+
+def test_a_model_that_cannot_read_pictures_is_refused_at_start(tmp_path):
+    app = _import_app()
+    region_model().save_pretrained(tmp_path / "features_only")
+    with pytest.raises(SystemExit, match="no region backbone.*scegg attach-backbone"):
+        app.load_pipeline(str(tmp_path / "features_only"))
+
+
+SPACE = """
+import sys
+sys.path.insert(0, {app_dir!r})
+import app
+try:
+    app.load_pipeline("alice/sc-egg-demo")
+except SystemExit as refusal:
+    print("REFUSED", refusal)
+demo = app.Demo(app.load_pipeline("alice/sc-egg-demo", trust_remote_code=True), "alice/sc-egg-demo")
+print("MODULE", type(demo.pipe).__module__)
+app.build_demo(demo.pipe, "alice/sc-egg-demo")
+rows = app.attribute_table(demo.pipe)
+rows[0][1] = 1.0
+print("STATUS", demo.add("robin", rows, None, {picture!r}, 3, 4, [], None)[-2])
+"""
+
+
+def test_on_a_space_the_hub_model_runs_its_own_code_when_trusted(hub_endpoint, app_model, pictures, tmp_path):
+    """A Space without the scegg package: a Hub id loads only with trust_remote_code, then the
+    model folder's own code ranks, explains and adds classes; nothing but the Hub stand-in is
+    contacted (the client's network guard fails the test otherwise), gradio imported included."""
+    hub_endpoint.add_files("model", "alice/sc-egg-demo", {p.name: p.read_bytes() for p in app_model.iterdir()})
+    code = SPACE.format(app_dir=str(APP.parent), picture=str(pictures["good"]))
+    result = run_client(code, hub_endpoint.endpoint, tmp_path / "space", name="space", with_package=False)
+    assert "REFUSED the scegg package is not installed" in result.stdout and "--trust_remote_code" in result.stdout
+    assert "MODULE transformers_modules" in result.stdout
+    assert "Added** robin. robin ranks #" in result.stdout, result.stdout[-2000:]
 
 
 # -- the browser ----------------------------------------------------------------------------------

@@ -55,8 +55,18 @@ class Settings:
 # the model
 # ----------------------------------------------------------------------------------------------
 def load_pipeline(model: str, trust_remote_code: bool = False):
-    """The SC-EGG image-classification pipeline of a folder or Hub id: the package's code when
-    it is installed, else the checkpoint's own remote code (only when the user trusts it)."""
+    """The SC-EGG image-classification pipeline of a folder or Hub id that reads pictures (it
+    carries its region backbone)."""
+    pipe = _pipeline(model, trust_remote_code)
+    if getattr(pipe.model, "backbone", None) is None:
+        raise SystemExit(f"{model} has no region backbone, so it cannot read pictures: embed the one its features "
+                         f"came from with `scegg attach-backbone {model} WEIGHTS --output DIR` and start the app on DIR")
+    return pipe
+
+
+def _pipeline(model: str, trust_remote_code: bool):
+    """The package's code when it is installed, else the checkpoint's own remote code (only when
+    the user trusts it)."""
     try:
         from modeling_scegg.hub import load_image_processor, load_model
         from modeling_scegg.pipeline_scegg import SCEGGImageClassificationPipeline
