@@ -31,7 +31,7 @@ ATTRIBUTES = ["has_bill_shape::curved", "has_wing_color::blue", "has_crest", "ha
 CLASSES = ["sparrow", "blue_jay", "crow", "heron", "kingfisher", "gull"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,2000",
+                  "--disable-dev-shm-usage", "--window-size=1400,2300",
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]  # nothing but the app resolves
 
 

@@ -264,11 +264,15 @@ def build_demo(pipe, model_name: str) -> gr.Blocks:
                 czsl = gr.Label(label="CZSL: unseen classes only", elem_id="czsl")
         seen = gr.Dataframe(headers=["attribute", "seen (e_l)"], label="Attributes the model sees most strongly",
                             elem_id="attributes", interactive=False)
+        gr.Markdown("**Reading the evidence.** Each attribute adds *seen score x (class value - average class "
+                    "value)* to a class's attribute score: **supporting** attributes are seen and typical of the class "
+                    "(or not seen and atypical of it), **contradicting** ones are seen but atypical of it (or typical "
+                    "of it but not seen).")
         evidence = gr.Dataframe(headers=["task", "rank", "class", "score", "supporting (contribution)",
                                          "contradicting (contribution)"], label="Why these classes",
-                                elem_id="evidence", interactive=False, wrap=True,
+                                elem_id="evidence", interactive=False, wrap=True, max_height=800,
                                 column_widths=["7%", "6%", "12%", "8%", "33.5%", "33.5%"])
-        gallery = gr.Gallery(label="Where the model looked (attention, red = most)", columns=6, height=260,
+        gallery = gr.Gallery(label="Where the model looked (attention, red = most)", columns=6, height=220,
                              elem_id="maps")
         add_outputs = _add_class_section(demo_state, pipe, names, session, upload, top_k, attributes, maps)
         outputs = [gzsl, czsl, seen, evidence, gallery]
