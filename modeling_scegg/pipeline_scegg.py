@@ -8,13 +8,13 @@ pipeline (image loading, the checkpoint's image processor, batching) with two di
   CZSL head; the default (generalised zero-shot, GZSL) ranks every class with the GZSL head;
 * scores are a softmax over exactly the classes ranked, and `top_k` is capped at their number;
 * `return_attributes=K` explains each picture (:func:`attribute_evidence`): the result becomes
-  `{"predictions", "attributes", "attention_maps"}`, where "attributes" are the K attributes the
-  model sees most strongly and every prediction gains the K attributes that support it and the K
-  that contradict it; `attention_maps=True` (the K seen attributes) or a list of attribute names
-  adds their attention maps overlaid on the crop the model saw, as PIL images. Without these
-  arguments the model computes nothing extra.
+  `{"predictions", "attributes"}`, where "attributes" are the K attributes the model sees most
+  strongly and every prediction gains the (at most) K attributes that support it and K that
+  contradict it; `attention_maps=True` (the K seen attributes) or a list of attribute names adds
+  "attention_maps", `{name: PIL image}` of their attention overlaid on the crop the model saw.
+  Without these arguments the model computes nothing extra.
 
-This file depends only on transformers and torch, so it travels to the Hub as remote code.
+This file depends only on transformers, torch, numpy and PIL, so it travels to the Hub as remote code.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def picture_from_pixels(pixel_values: torch.Tensor, image_processor) -> Image.Im
         mean = np.asarray(image_processor.image_mean, dtype=np.float32).reshape(-1, 1, 1)
         std = np.asarray(image_processor.image_std, dtype=np.float32).reshape(-1, 1, 1)
         pixels = pixels * std + mean
-    scale = 255.0 if getattr(image_processor, "do_rescale", True) else 1.0
+    scale = 1.0 / image_processor.rescale_factor if getattr(image_processor, "do_rescale", False) else 1.0
     return Image.fromarray(np.clip(np.round(pixels.transpose(1, 2, 0) * scale), 0, 255).astype(np.uint8))
 
 

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -124,12 +125,13 @@ def _rows(files: Sequence[str], ranked: list[list[dict] | dict | None]) -> list[
 
 def save_attention_maps(folder: Path, file: str, pixels: torch.Tensor, explained: dict, model: SCEGGModel,
                         processor: SCEGGImageProcessor) -> None:
-    """`folder/<stem>.<attribute>.png` for the attributes of one explained picture, each atomically."""
+    """`folder/<stem>.<attribute>.png` for the attributes of one explained picture, each atomically
+    (in the attribute name, characters other than letters, digits, '.', '_', '-' become '_')."""
     folder.mkdir(parents=True, exist_ok=True)
     chosen = [a["attribute"] for a in explained["attributes"]]
     overlays = attention_overlays(picture_from_pixels(pixels, processor), explained["attentions"], model.config, chosen)
     for name, overlay in overlays.items():
-        with atomic_path(folder / f"{Path(file).stem}.{name.replace('/', '_')}.png") as tmp:
+        with atomic_path(folder / f"{Path(file).stem}.{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.png") as tmp:
             overlay.save(tmp, format="PNG")
 
 
