@@ -167,17 +167,26 @@ def region_grid(num_regions: int, width: int, height: int) -> tuple[int, int]:
 
 
 def attention_overlay(picture: Image.Image, attention: torch.Tensor, alpha: float = 0.5) -> Image.Image:
-    """One attribute's attention over regions (R,) on the picture: scaled to its own range (peaks
-    differ by orders of magnitude between attributes), upsampled bilinearly, coloured blue (low)
-    to red (high) and blended in."""
+    """One attribute's attention over regions (R,) on the picture: scaled to its own range,
+    upsampled bilinearly, coloured blue (low) to red (high) as matplotlib's "jet" and blended in."""
     rows, columns = region_grid(attention.numel(), *picture.size)
     values = attention.detach().float().cpu().reshape(rows, columns).numpy()
-    span = float(values.max() - values.min())
-    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    heat = np.asarray(Image.fromarray(scaled.astype(np.float32)).resize(picture.size, Image.Resampling.BILINEAR))
+    heat = upsample_map(scale_to_own_range(values), picture.size)
     jet = np.stack([np.clip(1.5 - np.abs(4 * heat - c), 0, 1) for c in (3, 2, 1)], axis=-1)
     coloured = Image.fromarray(np.round(jet * 255).astype(np.uint8))
     return Image.blend(picture.convert("RGB"), coloured, alpha)
+
+
+def scale_to_own_range(values: np.ndarray) -> np.ndarray:
+    """An attention map min-max scaled to [0, 1] on its own: peaks differ by orders of magnitude
+    between attributes, so a shared range would leave most maps blank (constant maps become 0)."""
+    span = float(values.max() - values.min())
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+def upsample_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (rows, columns) region map resized bilinearly to a picture's (width, height), as in the paper's Fig. 3."""
+    return np.asarray(Image.fromarray(values.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
 
 
 def attention_overlays(picture: Image.Image, attentions: torch.Tensor, config, chosen: Sequence[str]) -> dict:
@@ -191,4 +200,5 @@ def attention_overlays(picture: Image.Image, attentions: torch.Tensor, config, c
 
 
 __all__ = ["SCEGGImageClassificationPipeline", "attention_overlay", "attention_overlays", "attribute_evidence",
-           "attribute_names", "evidence_parameters", "picture_from_pixels", "rank_classes", "region_grid"]
+           "attribute_names", "evidence_parameters", "picture_from_pixels", "rank_classes", "region_grid", "scale_to_own_range",
+           "upsample_map"]
