@@ -115,6 +115,11 @@ def _rank_batch(model: SCEGGModel, inputs: dict[str, torch.Tensor], czsl: bool, 
             for ranks, scores, attention in zip(ranked, output.attribute_scores, output.attentions)]
 
 
+def _check_attributes(attributes: int) -> None:
+    if isinstance(attributes, bool) or not isinstance(attributes, int) or attributes < 0:
+        raise ValueError(f"--attributes must be a number of attributes K >= 1 (0: no explanation), got {attributes!r}")
+
+
 def _rows(files: Sequence[str], ranked: list[list[dict] | dict | None]) -> list[Prediction]:
     """Prediction rows from `_rank_batch`'s rankings (lists) or explained rankings (dicts)."""
     return [Prediction(file, error="non-finite scores") if ranks is None
@@ -147,6 +152,7 @@ def predict_images(
     attention_maps: str | os.PathLike | None = None,
 ) -> Iterator[Prediction]:
     """One row per file, in order, classifying the usable pictures `batch_size` at a time."""
+    _check_attributes(attributes)
     if attention_maps and not attributes:
         raise ValueError("attention maps are drawn for the attributes an explanation names: pass --attributes K too")
     device = model.class_attributes.device
@@ -191,6 +197,7 @@ def read_region_features(path: Path) -> np.ndarray:
 def predict_region_features(model: SCEGGModel, path: Path, *, czsl: bool = False, top_k: int = 5,
                             batch_size: int = 16, attributes: int = 0) -> Iterator[Prediction]:
     """One row per image of a region-feature file, named `file[index]`."""
+    _check_attributes(attributes)
     features = read_region_features(path)
     device = model.class_attributes.device
     for start in range(0, len(features), batch_size):

@@ -168,6 +168,8 @@ def test_attributes_explain_every_row_as_the_pipeline_does(model_dir, tmp_path, 
     capsys.readouterr()
     with pytest.raises(ValueError, match="--attributes K"):
         main(["predict", str(model_dir), str(good[0]), "--attention_maps", str(maps)])
+    with pytest.raises(ValueError, match="--attributes must be .* got -2"):
+        main(["predict", str(model_dir), str(good[0]), "--attributes", "-2"])
 
 
 def test_without_attributes_nothing_is_added(model_dir, tmp_path, capsys):
