@@ -85,8 +85,14 @@ class SCEGGImageClassificationPipeline(ImageClassificationPipeline):
         ranked = rank_classes(logits, self.model.config, czsl=czsl, top_k=top_k, function=function)
         if not return_attributes:
             return ranked
+        return self._explain(model_outputs, ranked, return_attributes, attention_maps, czsl=czsl)
+
+    def _explain(self, model_outputs, ranked: list[dict], return_attributes: int, attention_maps, czsl: bool = False,
+                 class_ids: list[int] | None = None) -> dict:
+        """`{"predictions", "attributes"[, "attention_maps"]}` of one picture (see :func:`attribute_evidence`)."""
         explained = attribute_evidence(model_outputs["attribute_scores"][0], self.model.config, ranked,
-                                       self.model.class_attributes, top_k=return_attributes, czsl=czsl)
+                                       self.model.class_attributes, top_k=return_attributes, czsl=czsl,
+                                       class_ids=class_ids)
         if attention_maps:
             picture = picture_from_pixels(model_outputs["pixel_values"][0], self.image_processor)
             explained["attention_maps"] = attention_overlays(
@@ -135,15 +141,19 @@ class SCEGGZeroShotImageClassificationPipeline(SCEGGImageClassificationPipeline)
     def __call__(self, image, candidate_labels=None, **kwargs):
         return super().__call__(image, candidate_labels=candidate_labels, **kwargs)
 
-    def _sanitize_parameters(self, candidate_labels=None, timeout=None):
+    def _sanitize_parameters(self, candidate_labels=None, timeout=None, return_attributes=None, attention_maps=None):
         preprocess = {"timeout": timeout} if timeout is not None else {}
-        return preprocess, {}, {"candidate_labels": candidate_labels}
+        forward, postprocess = evidence_parameters(return_attributes, attention_maps)
+        return preprocess, forward, {"candidate_labels": candidate_labels, **postprocess}
 
-    def postprocess(self, model_outputs, candidate_labels=None):
+    def postprocess(self, model_outputs, candidate_labels=None, return_attributes=0, attention_maps=None):
         class_ids = candidate_class_ids(self.model.config, candidate_labels)
         scores = torch.softmax(model_outputs["logits"][0].float()[class_ids], dim=-1)
         ranked = sorted(zip(scores.tolist(), class_ids), key=lambda pair: -pair[0])
-        return [{"score": score, "label": self.model.config.id2label[i]} for score, i in ranked]
+        ranked = [{"score": score, "label": self.model.config.id2label[i]} for score, i in ranked]
+        if not return_attributes:
+            return ranked
+        return self._explain(model_outputs, ranked, return_attributes, attention_maps, class_ids=class_ids)
 
 
 def candidate_class_ids(config, candidate_labels) -> list[int]:
@@ -189,21 +199,22 @@ def attribute_names(config) -> list[str]:
 
 
 def attribute_evidence(attribute_scores: torch.Tensor, config, predictions: list[dict], class_attributes: torch.Tensor,
-                       top_k: int = 5, czsl: bool = False) -> dict:
+                       top_k: int = 5, czsl: bool = False, class_ids: list[int] | None = None) -> dict:
     """One picture's evidence from its attribute scores e_l (A,) (`output_attribute_scores=True`).
 
     "attributes": the `top_k` attributes seen most strongly, `{"attribute", "score"}` with score e_l.
     Every prediction (`{"label", "score"}` of :func:`rank_classes`) gains "supporting" and
     "contradicting": the `top_k` attributes with the largest positive and negative contributions
     e_l[n] (a_y[n] - mean a[n]), with a_y the class's L2-normalised attribute vector (Eq. 3) and the
-    mean over the classes ranked. These sum to the class's LEN score p_l minus the mean p_l of
-    those classes, so "supporting" means: seen and typical of the class, or absent and atypical
-    of it; "contradicting": seen but atypical of the class, or typical of it but not seen. Each
-    entry is `{"attribute", "seen" (e_l), "class_value" (a_y), "contribution"}`."""
+    mean over the classes ranked (`class_ids`: a zero-shot call's candidates). These sum to the
+    class's LEN score p_l minus the mean p_l of those classes, so "supporting" means: seen and
+    typical of the class, or absent and atypical of it; "contradicting": seen but atypical of the
+    class, or typical of it but not seen. Each entry is `{"attribute", "seen" (e_l), "class_value"
+    (a_y), "contribution"}`."""
     names = attribute_names(config)
     scores = attribute_scores.detach().float().cpu()
     classes = torch.nn.functional.normalize(class_attributes.detach().float().cpu(), dim=-1)
-    ranked_ids = config.unseen_class_ids if czsl else list(range(config.num_classes))
+    ranked_ids = class_ids if class_ids is not None else config.unseen_class_ids if czsl else list(range(config.num_classes))
     mean = classes[ranked_ids].mean(0)
     label2id = {name: int(i) for i, name in config.id2label.items()}
     top = torch.topk(scores, k=min(int(top_k), len(names)))

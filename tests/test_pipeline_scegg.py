@@ -202,6 +202,30 @@ def test_return_attributes_explains_without_changing_the_ranking(explaining_fold
         assert {e["attribute"] for e in support + contra} <= set(NAMES)
 
 
+def test_the_zero_shot_pipeline_explains_among_its_candidates(explaining_folder):
+    """return_attributes=K on zero-shot-image-classification: the same ranking as without it, and
+    contributions centred on the candidates (they add up to p_l minus the candidates' mean p_l)."""
+    import torch
+
+    from modeling_scegg.modeling_scegg import SCEGGForImageClassification
+
+    ranker = pipeline("zero-shot-image-classification", model=str(explaining_folder), trust_remote_code=True)
+    model = SCEGGForImageClassification.from_pretrained(explaining_folder).eval()
+    candidates = [model.config.id2label[i] for i in (4, 0, 2)]
+    plain = ranker(_picture(), candidate_labels=candidates)
+    explained = ranker(_picture(), candidate_labels=candidates, return_attributes=7)  # all 7: every contribution listed
+    assert [(p["label"], p["score"]) for p in explained["predictions"]] == [(p["label"], p["score"]) for p in plain]
+    assert len(explained["attributes"]) == 7
+    pixels = tiny_image_processor()(_picture(), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        local = model(pixel_values=pixels, output_attribute_scores=True).local_scores[0]
+    centred = local[[4, 0, 2]] - local[[4, 0, 2]].mean()
+    by_label = {p["label"]: p for p in explained["predictions"]}
+    for name, expected in zip(candidates, centred.tolist()):
+        entries = by_label[name]["supporting"] + by_label[name]["contradicting"]
+        assert sum(e["contribution"] for e in entries) == pytest.approx(expected, abs=1e-5)
+
+
 def test_attention_maps_are_overlays_of_the_chosen_attributes(explaining_folder):
     classifier = pipeline("image-classification", model=str(explaining_folder), trust_remote_code=True)
     top = classifier([_picture(1), _picture(2)], top_k=2, czsl=True, return_attributes=2, attention_maps=True)
