@@ -34,6 +34,7 @@ from transformers.pipelines.base import PipelineRegistry
 
 from .atomic import atomic_write_text
 from .data.backbone import backbone_id, backbone_name, build_resnet101
+from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 from .pipeline_scegg import SCEGGImageClassificationPipeline, SCEGGZeroShotImageClassificationPipeline
@@ -95,10 +96,11 @@ def attach_backbone(
     fingerprint = backbone_id(resnet)
     recorded = model.config.feature_backbone
     if recorded is not None and recorded != fingerprint:
-        raise ValueError(
-            f"the model was trained on region features of the backbone {recorded}, but {name} is {fingerprint}: "
-            f"its features would not be the ones the model learnt. Attach the backbone the features came from"
-        )
+        origin = f" ({model.config.feature_backbone_name})" if getattr(model.config, "feature_backbone_name", None) else ""
+        raise UserError(
+            f"the model was trained on region features of the backbone {recorded}{origin}, but {name} is {fingerprint}: "
+            f"its features would not be the ones the model learnt",
+            f"attach the backbone the features came from{origin or ' (the one given to scegg extract)'}")
     backbone_config = copy.deepcopy(resnet.config)
     backbone_config.out_features = [backbone_config.stage_names[-1]]
     config = copy.deepcopy(model.config)

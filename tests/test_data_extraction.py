@@ -145,7 +145,7 @@ def test_extract_train_and_attach_the_same_backbone(tmp_path):
     assert model.config.feature_backbone_name == weights.name
     image_model = attach_backbone(model, tiny_resnet(0), tiny_image_processor())
     assert image_model.config.feature_backbone == model.config.feature_backbone
-    with pytest.raises(ValueError, match="trained on region features of the backbone sha256:"):
+    with pytest.raises(UserError, match="trained on region features of the backbone sha256:"):
         attach_backbone(model, tiny_resnet(1), tiny_image_processor())
 
 

@@ -13,6 +13,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 from modeling_scegg import SCEGGConfig, SCEGGForImageClassification, SCEGGImageProcessor, SCEGGModel
 from modeling_scegg.cli import main
 from modeling_scegg.data.backbone import RegionFeatureExtractor, backbone_id
+from modeling_scegg.errors import UserError
 from modeling_scegg.export import attach_backbone, save_model
 
 
@@ -50,7 +51,7 @@ def test_the_recorded_feature_backbone_is_enforced():
     resnet = tiny_resnet(seed=0)
     model = region_model(feature_backbone=backbone_id(resnet))
     assert attach_backbone(model, resnet, tiny_image_processor()).backbone is not None
-    with pytest.raises(ValueError, match="trained on region features of the backbone sha256:.* but .* is sha256:"):
+    with pytest.raises(UserError, match="trained on region features of the backbone sha256:.* but .* is sha256:"):
         attach_backbone(model, tiny_resnet(seed=1), tiny_image_processor())
 
 
