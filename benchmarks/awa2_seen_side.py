@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=4, help="regions per side of the synthetic feature map")
     parser.add_argument("--feature_dim", type=int, default=128)
     parser.add_argument("--render", nargs="*", default=[], help="SyntheticConfig fields as key=value")
+    parser.add_argument("--fraction", type=float, default=0.4, help="share of AWA2's images kept (same classes)")
     parser.add_argument("--stage1_iters", type=int, default=300)
     parser.add_argument("--stage2_iters", type=int, default=300)
     parser.add_argument("--stage3_epochs", type=int, default=2)
@@ -157,11 +158,11 @@ def main() -> None:
     parser.add_argument("--syn_num", type=int, default=600)
     args = parser.parse_args()
     render = parse_key_values(args.render, "--render")
-    tag = hashlib.sha256(json.dumps([args.grid, args.feature_dim, render], sort_keys=True).encode()).hexdigest()[:8]
+    tag = hashlib.sha256(json.dumps([args.grid, args.feature_dim, args.fraction, render], sort_keys=True).encode()).hexdigest()[:8]
     data_dir = Path(args.output_dir) / "data" / tag
     if not (data_dir / "AWA2" / "feature_map_ResNet_101_AWA2.hdf5").is_file():
         write_synthetic_benchmark("AWA2", args.metadata_dir, data_dir, grid=(args.grid, args.grid),
-                                  feature_dim=args.feature_dim, render=SyntheticConfig(**render))
+                                  feature_dim=args.feature_dim, render=SyntheticConfig(**render), fraction=args.fraction)
     table = {}
     for name in args.variants:
         runs = [run(args, data_dir, name, seed) for seed in args.seeds]
