@@ -15,7 +15,11 @@ it reads:
   test_seen / to the unseen classes on test_unseen (`results.json`: `gzsl_seen_only`,
   `gzsl_unseen_only`);
 - `S->U raw`: the share of seen test images the uncalibrated GZSL classifier calls unseen;
-- U / S / H uncalibrated and calibrated, and CZSL.
+- U / S / H uncalibrated and calibrated, and CZSL;
+- `val H`: the calibrated H of the validation view (what `--preset_choice` compares), and the
+  seen-score offset chosen there; beside it, as a diagnostic only, the offset that would have
+  been best on test and its H (a ceiling no protocol may use: it shows how far the validation
+  view's offset lands from it).
 
 Finished runs are reused. `--render key=value` changes the synthetic generator
 (`SyntheticConfig` fields, e.g. the proxy's class-specific appearance) and writes the data into
@@ -35,13 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modeling_scegg import SCEGGModel  # noqa: E402
 from modeling_scegg.data.synthetic import SyntheticConfig  # noqa: E402
 from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.evaluation import mean_per_class_accuracy  # noqa: E402
+from modeling_scegg.evaluation import choose_seen_score_offset, mean_per_class_accuracy  # noqa: E402
 from modeling_scegg.training.arguments import parse_key_values  # noqa: E402
 
 DEFAULT_METADATA = REPO.parent / "shared" / "data"
@@ -68,7 +74,8 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 COLUMNS = [("probe S", "probe_seen_acc"), ("S-only", "gzsl_seen_only"), ("U-only", "gzsl_unseen_only"),
            ("S->U raw", "raw_gzsl_seen_as_unseen"), ("U raw", "raw_gzsl_unseen"), ("S raw", "raw_gzsl_seen"),
            ("H raw", "raw_gzsl_h"), ("U cal", "gzsl_unseen"), ("S cal", "gzsl_seen"), ("H cal", "gzsl_h"),
-           ("CZSL", "czsl_acc")]
+           ("CZSL", "czsl_acc"), ("val H", "validation_h"), ("offset", "validation_offset"),
+           ("test-best offset", "test_best_offset"), ("its H", "test_best_h")]
 
 
 def linear_probe_seen_accuracy(cache: dict[str, torch.Tensor], epochs: int = 15, seed: int = 0) -> float:
@@ -113,17 +120,34 @@ def run(args: argparse.Namespace, data_dir: Path, name: str, seed: int) -> dict[
     return metrics(out, seed)
 
 
+def test_offset_ceiling(out: Path, cache: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The seen-score offset that would be best on TEST, and its H: a ceiling no protocol may
+    use, printed only to show how far the offset chosen on the validation view is from it."""
+    model = SCEGGModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        scores = [model.gzsl_classifier(model.classifier_features(cache[f"{split}/features"].float())).numpy()
+                  for split in ("test_seen", "test_unseen")]
+    refs = torch.cat([cache["test_seen/labels"], cache["test_unseen/labels"]]).numpy()
+    best = choose_seen_score_offset(np.concatenate(scores), refs, model.config.seen_class_ids,
+                                    model.config.unseen_class_ids)
+    return {"test_best_offset": best["gamma"], "test_best_h": 100 * best["harmonic_mean"]}
+
+
 def metrics(out: Path, seed: int) -> dict[str, float]:
-    """The columns of one finished run (the probe reads the run's last feature-cache snapshot)."""
-    saved = out / "probe.json"
+    """The columns of one finished run; the probe and the offset ceiling read the run's last
+    feature-cache snapshot once and are kept in diagnostics.json."""
+    saved = out / "diagnostics.json"
     results = json.loads((out / "results.json").read_text())
     if not saved.is_file():
-        from safetensors.torch import load_file
-
         cache = load_file(str(out / "checkpoints" / "after_classifiers" / "cache.safetensors"))
-        saved.write_text(json.dumps({"probe_seen_acc": linear_probe_seen_accuracy(cache, seed=seed)}))
+        saved.write_text(json.dumps({"probe_seen_acc": linear_probe_seen_accuracy(cache, seed=seed),
+                                     **test_offset_ceiling(out, cache)}))
     values = {k: v for k, v in results.items() if isinstance(v, float)}
     values.update({f"raw_{k}": v for k, v in results.get("uncalibrated", {}).items()})
+    calibration = results.get("calibration", {})
+    if calibration:
+        values.update(validation_offset=calibration["seen_score_offset"],
+                      validation_h=calibration["validation_gzsl_h"]["calibrated"])
     values.update(json.loads(saved.read_text()))
     return values
 
@@ -134,7 +158,7 @@ def _slug(name: str) -> str:
 
 def print_table(table: dict[str, dict[str, tuple[float, float]]], seeds: list[int]) -> None:
     """Markdown: mean ± std over the seeds of every column."""
-    print(f"\n| variant (one switch from awa2-paper) | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |")
+    print("\n| variant (one switch from awa2-paper) | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |")
     print("|---|---|" + "---:|" * len(COLUMNS))
     for name, stats in table.items():
         cells = [f"{stats[k][0]:.1f} ± {stats[k][1]:.1f}" if k in stats else "-" for _, k in COLUMNS]
@@ -158,7 +182,8 @@ def main() -> None:
     parser.add_argument("--syn_num", type=int, default=600)
     args = parser.parse_args()
     render = parse_key_values(args.render, "--render")
-    tag = hashlib.sha256(json.dumps([args.grid, args.feature_dim, args.fraction, render], sort_keys=True).encode()).hexdigest()[:8]
+    fingerprint = json.dumps([args.grid, args.feature_dim, args.fraction, render], sort_keys=True)
+    tag = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
     data_dir = Path(args.output_dir) / "data" / tag
     if not (data_dir / "AWA2" / "feature_map_ResNet_101_AWA2.hdf5").is_file():
         write_synthetic_benchmark("AWA2", args.metadata_dir, data_dir, grid=(args.grid, args.grid),
