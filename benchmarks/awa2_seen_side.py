@@ -85,6 +85,7 @@ def linear_probe_seen_accuracy(cache: dict[str, torch.Tensor], epochs: int = 15,
     x, y = cache["train/features"].float(), cache["train/labels"]
     classes = torch.unique(y)
     targets = torch.searchsorted(classes, y)
+    torch.manual_seed(seed)
     probe = torch.nn.Linear(x.shape[1], len(classes))
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3, betas=(0.5, 0.999))
     generator = torch.Generator().manual_seed(seed)
