@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 # Where the shipped presets are: beside the installed package (wheels), or at the top of the
 # source checkout (editable installs).
 PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__file__).resolve().parents[2] / "hub_configs")
-# The preset a standard dataset name trains with when no --config is given: of the published
+# The preset a standard dataset name trains with when no --config is given and no choice is made
+# on the run's own validation view (--preset_choice off, or data without one): of the published
 # pattern and the paper's text, the one with the higher calibrated GZSL H on the validation view
-# of that dataset's layout (benchmarks/validation_choices.py; README, "Presets").
+# of that dataset's synthetic layout (benchmarks/validation_choices.py; README, "Presets").
 DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-paper"}
 # The presets a run of a standard dataset chooses among on its own validation view
 # (`--preset_choice`): the published pattern and the paper's text of that dataset.
