@@ -130,6 +130,7 @@ def test_preset_choice_trains_the_preset_with_the_best_validation_h(tmp_path):
     choice = results["preset_choice"]
     scores = {name: choice["candidates"][name]["gzsl_h"] for name in candidates}
     assert choice["chosen"] == max(scores, key=scores.get) and results["training_args"]["config"] == choice["chosen"]
+    assert results["training_args"]["preset_choice"] == "validation"
     for name in presets:  # one view run per candidate, the test splits never read by them
         view = json.loads((tmp_path / "out" / "validation" / name / "results.json").read_text())
         assert view["dataset"] == "synthetic (validation view)"

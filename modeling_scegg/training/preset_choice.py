@@ -55,7 +55,7 @@ def candidate_args(args: SCEGGTrainingArguments, preset: str) -> SCEGGTrainingAr
     current, candidate = args.preset().get("training", {}), read_preset(preset).get("training", {})
     changes = {key: candidate.get(key, defaults.get(key)) for key in set(current) | set(candidate)
                if getattr(args, key) == current.get(key, defaults.get(key))}
-    return dataclasses.replace(args, config=preset, preset_choice="off", **changes)
+    return dataclasses.replace(args, config=preset, **changes)
 
 
 def choose_preset(args: SCEGGTrainingArguments, data: ZSLDataset,
