@@ -1,5 +1,5 @@
 """The `scegg` command: train, predict, attach a backbone, add classes, evaluate, plot, convert data,
-push models and feature datasets.
+extract benchmark region features, push models and feature datasets.
 
 `scegg train ...` takes exactly the flags of `examples/train_stages.py` (run it under
 `accelerate launch` for several processes).
@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from typing import Sequence
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import EXIT_ERROR, EXIT_OK, UserError
 
 
 def configure_logging() -> None:
@@ -23,9 +29,35 @@ def _train(argv: Sequence[str]) -> int:
     from .training import parse_training_args, run_pipeline
 
     configure_logging()
-    results = run_pipeline(parse_training_args(list(argv)))
+    results = run_pipeline(parse_training_args(training_argv(argv)))
     print(format_results(results))
-    return 0
+    return EXIT_OK
+
+
+def training_argv(argv: Sequence[str]) -> list[str]:
+    """`scegg train ARGS.json` as transformers' example scripts read one (HfArgumentParser's
+    parse_json_file: the file's keys are the flags' names), turned into flags so that presets and
+    their defaults apply exactly as on the command line."""
+    argv = list(argv)
+    if len(argv) != 1 or not argv[0].endswith(".json"):
+        return argv
+    path = Path(argv[0])
+    if not path.is_file():
+        raise UserError(f"no such arguments file: {path}", "pass a JSON file of training flags, e.g. {\"seed\": 1}")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}", "write the flags as one JSON object") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} holds a JSON {type(values).__name__}, not an object",
+                        'write the flags as one JSON object, e.g. {"dataset": "CUB", "seed": 1}')
+    flags: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(json.dumps(v) if isinstance(v, bool) else str(v) for v in items)]
+    return flags
 
 
 def format_results(results: dict) -> str:
@@ -57,34 +89,22 @@ def format_results(results: dict) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import itertools
-
     import torch
 
     from .hub import load_image_processor, load_model
-    from .prediction import (
-        FEATURE_SUFFIXES,
-        expand_inputs,
-        predict_images,
-        predict_region_features,
-        write_predictions,
-    )
+    from .prediction import FEATURE_SUFFIXES, check_options, expand_inputs, predict_inputs, write_predictions
 
-    model = load_model(args.model, for_images=True).eval()
+    check_options(args.top_k, args.batch_size, args.output)
     files = expand_inputs(args.inputs)
-    features = [f for f in files if f.suffix.lower() in FEATURE_SUFFIXES]
+    model = load_model(args.model, for_images=True).eval()
     images = [f for f in files if f.suffix.lower() not in FEATURE_SUFFIXES]
     processor = load_image_processor(args.model) if images else None
     if images:
         model = _with_backbone(model, args, processor)
     if torch.cuda.is_available():
         model = model.cuda()
-    options = dict(czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
-    rows = itertools.chain(*(predict_region_features(model, f, **options) for f in features),
-                           predict_images(model, processor, images, **options) if images else ())
-    errors = write_predictions(rows, args.output, args.top_k)
-    print(f"{len(features)} feature files and {len(images)} pictures: {errors} rows failed", file=sys.stderr)
-    return 1 if errors else 0
+    rows = predict_inputs(model, processor, files, czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
+    return write_predictions(rows, args.output, args.top_k)
 
 
 def _with_backbone(model, args: argparse.Namespace, processor):
@@ -93,13 +113,14 @@ def _with_backbone(model, args: argparse.Namespace, processor):
 
     if model.backbone is not None:
         if args.image_backbone:
-            raise ValueError(f"{args.model} carries its own backbone ({model.config.feature_backbone}); drop --image_backbone")
+            raise UserError(f"{args.model} carries its own backbone ({model.config.feature_backbone})",
+                            "drop --image_backbone")
         return model
     if not args.image_backbone:
-        raise ValueError(
-            f"{args.model} has no region backbone, so it cannot read pictures: pass --image_backbone WEIGHTS (the "
-            f"backbone its region features came from; 'random' for tests), or embed it once with "
-            f"`scegg attach-backbone {args.model} WEIGHTS --output DIR`"
+        raise UserError(
+            f"{args.model} has no region backbone, so it cannot read pictures",
+            f"pass --image_backbone WEIGHTS (the backbone its region features came from; 'random' for tests), or "
+            f"embed it once with `scegg attach-backbone {args.model} WEIGHTS --output DIR`"
         )
     return attach_backbone(model, args.image_backbone, processor)
 
@@ -113,7 +134,7 @@ def _attach_backbone(args: argparse.Namespace) -> int:
     save_model(image_model, args.output, processor)
     print(f"wrote {args.output}: backbone {image_model.config.feature_backbone}, "
           f"{processor.crop_size.height} x {processor.crop_size.width} crops -> {image_model.config.num_regions} regions")
-    return 0
+    return EXIT_OK
 
 
 def _add_classes(args: argparse.Namespace) -> int:
@@ -130,7 +151,7 @@ def _add_classes(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {len(new_ids)} new unseen classes "
           + ", ".join(f"{i} {name}" for i, name in zip(new_ids, names))
           + f"; {model.config.num_classes} classes, {model.config.num_unseen_classes} unseen")
-    return 0
+    return EXIT_OK
 
 
 def _image_processor(crop_size: int, resize_size: int | None):
@@ -152,7 +173,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         model = model.cuda()
     data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
     print(json.dumps({"dataset": data.name, **evaluate_model(model, data, args.batch_size)}, indent=2))
-    return 0
+    return EXIT_OK
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -164,7 +185,7 @@ def _plot(args: argparse.Namespace) -> int:
     data = load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir)
     for path in write_plots(model, data, args.output, seed=args.seed, num_attention_images=args.attention_images):
         print(path)
-    return 0
+    return EXIT_OK
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -178,88 +199,214 @@ def _convert(args: argparse.Namespace) -> int:
 
         save_zsl_dataset_to_hub_layout(data, args.hub_layout)
         print(f"wrote the Hub layout to {args.hub_layout}")
-    return 0
+    return EXIT_OK
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .data.extraction import extract_region_features
+
+    configure_logging()
+    path = extract_region_features(
+        args.dataset, args.image_dir, args.data_dir, args.backbone, crop_size=args.crop_size,
+        resize_size=args.resize_size, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        num_workers=args.num_workers, device=args.device, autocast=None if args.autocast == "no" else args.autocast)
+    print(f"wrote {path}: train with `scegg train --dataset {args.dataset} --data_dir {args.data_dir}`")
+    return EXIT_OK
 
 
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_model
 
     print(push_model(args.output_dir, args.repo_id, private=args.private))
-    return 0
+    return EXIT_OK
 
 
 def _push_dataset(args: argparse.Namespace) -> int:
     from .hub import push_feature_dataset
 
     print(push_feature_dataset(args.folder, args.repo_id, private=args.private))
-    return 0
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scegg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train all stages (flags: see `scegg train --help`)", add_help=False)
-    predict = sub.add_parser("predict", help="class names for pictures (or region features) with a trained model; "
-                                             "exit status 1 when any input failed")
-    predict.add_argument("model", help="output folder or Hub id")
-    predict.add_argument("inputs", nargs="+", help="pictures, folders of pictures, or .npy / .safetensors files "
-                                                   "of region features (B, R, D)")
-    predict.add_argument("--top_k", type=int, default=5)
-    predict.add_argument("--czsl", action="store_true", help="rank the unseen classes only (CZSL); default: all (GZSL)")
-    predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
-    predict.add_argument("--batch_size", type=int, default=16)
-    predict.add_argument("--image_backbone", help="for a model without backbone: the ResNet its features came from "
-                                                  "(weights file, transformers folder / Hub id, or 'random' for tests)")
-    attach = sub.add_parser("attach-backbone", help="embed the ResNet region backbone in a model trained on region features")
-    attach.add_argument("model", help="output folder or Hub id")
-    attach.add_argument("weights", help="torchvision ResNet-101 file, transformers ResNet folder / Hub id, or 'random' (tests)")
-    attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
-    attach.add_argument("--crop_size", type=int, default=448, help="crop the region features were extracted at")
-    attach.add_argument("--resize_size", type=int, help="short side before cropping (default: the crop size)")
-    add = sub.add_parser("add-classes", help="add unseen classes from their attributes: synthesise their features, "
-                                             "refit the final classifiers (SCEN and EGGN unchanged)")
-    add.add_argument("model", help="output folder or Hub id")
-    add.add_argument("classes", help="CSV: class_name,<the model's attribute columns> (one row per new class)")
-    add.add_argument("--output", required=True, help="folder to write the model with the new classes to")
-    add.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and the refit")
-    evaluate = sub.add_parser("evaluate", help="score a trained model on a dataset's test splits")
-    evaluate.add_argument("model", help="output folder or Hub id")
-    evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
-    evaluate.add_argument("--data_dir")
-    evaluate.add_argument("--cache_dir")
-    evaluate.add_argument("--batch_size", type=int, default=256)
-    plot = sub.add_parser("plot", help="t-SNE of real vs synthetic features and attention maps as PNGs")
-    plot.add_argument("model", help="output folder or Hub id")
-    plot.add_argument("dataset", help="the dataset the model was trained on")
-    plot.add_argument("--output", default="plots")
-    plot.add_argument("--data_dir")
-    plot.add_argument("--cache_dir")
-    plot.add_argument("--seed", type=int, default=0)
-    plot.add_argument("--attention_images", type=int, default=4)
-    convert = sub.add_parser("convert", help="convert a dataset to the memory-mapped Arrow cache")
-    convert.add_argument("dataset")
-    convert.add_argument("--data_dir")
-    convert.add_argument("--cache_dir")
-    convert.add_argument("--hub_layout", help="also write the features/classes/attributes Parquet layout here")
-    push = sub.add_parser("push", help="push a trained output folder to the Hub")
-    push.add_argument("output_dir")
-    push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true")
-    push_ds = sub.add_parser("push-dataset", help="push a dataset folder in the Hub layout")
-    push_ds.add_argument("folder")
-    push_ds.add_argument("repo_id")
-    push_ds.add_argument("--private", action="store_true")
+def shipped_presets() -> list[str]:
+    """The preset names every --help lists, found where `training.arguments.PRESET_FOLDERS` looks
+    (beside the installed package, or at the top of a source checkout) without importing it:
+    that module loads transformers, and --help must answer at once."""
+    here = Path(__file__).resolve().parent
+    folders = (here / "hub_configs", here.parent / "hub_configs")
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.json")})
+
+
+def _epilog() -> str:
+    return (f"shipped presets (scegg train --config NAME): {', '.join(shipped_presets())}. "
+            "Flags take - and _ alike (--top-k, --top_k). A mistake exits with status 2 and two lines, "
+            "the cause and the remedy; --verbose adds the traceback.")
+
+
+def _option(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """`--name` and its spelling with - instead of _, as transformers' HfArgumentParser does for train."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*flags, **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default shown, except where there is none to show (None, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text, epilog=_epilog(),
+                            formatter_class=_HelpFormatter)
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (default: two lines, cause and remedy)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _add_predict(sub) -> None:
+    predict = _subparser(sub, "predict", "class names for pictures (or region features) with a trained model; exit "
+                                         "status 1 when some inputs failed, 2 when the run could not start or died")
+    predict.add_argument("model", help="model folder or Hub id (ORG/NAME)")
+    predict.add_argument("inputs", nargs="+", help="pictures, folders of pictures, or .npy / .safetensors files "
+                                                   "of region features (B, R, D)")
+    _option(predict, "top_k", type=_positive_int, default=5, help="classes per input")
+    predict.add_argument("--czsl", action="store_true", help="rank the unseen classes only (CZSL); default: all (GZSL)")
+    predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
+    _option(predict, "batch_size", type=_positive_int, default=16, help="inputs per forward pass")
+    _option(predict, "image_backbone", help="for a model without backbone: the ResNet its features came from "
+                                            "(weights file, checkpoint folder, Hub id e.g. timm/resnet101.tv_in1k, "
+                                            "or 'random' for tests)")
+
+
+def _add_model_editing(sub) -> None:
+    attach = _subparser(sub, "attach-backbone", "embed the ResNet region backbone in a model trained on region features")
+    attach.add_argument("model", help="model folder or Hub id (ORG/NAME)")
+    attach.add_argument("weights", help="torchvision ResNet-101 file, checkpoint folder, Hub id "
+                                        "(e.g. timm/resnet101.tv_in1k), or 'random' (tests)")
+    attach.add_argument("--output", required=True, help="folder to write the model with its backbone to")
+    _option(attach, "crop_size", type=_positive_int, default=448, help="crop the region features were extracted at")
+    _option(attach, "resize_size", type=_positive_int, help="short side before cropping (default: the crop size)")
+    add = _subparser(sub, "add-classes", "add unseen classes from their attributes: synthesise their features, refit "
+                                         "the final classifiers (SCEN and EGGN unchanged)")
+    add.add_argument("model", help="model folder or Hub id (ORG/NAME)")
+    add.add_argument("classes", help="CSV: class_name,<the model's attribute columns> (one row per new class)")
+    add.add_argument("--output", required=True, help="folder to write the model with the new classes to")
+    add.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and the refit")
+
+
+def _add_data_commands(sub) -> None:
+    evaluate = _subparser(sub, "evaluate", "score a trained model on a dataset's test splits")
+    evaluate.add_argument("model", help="model folder or Hub id (ORG/NAME)")
+    evaluate.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
+    _option(evaluate, "data_dir", help="root of the standard ZSL layout (xlsa17/, <DS>/, w2v/)")
+    _option(evaluate, "cache_dir", help="where converted features are kept (default: the datasets cache)")
+    _option(evaluate, "batch_size", type=_positive_int, default=256, help="region features per forward pass")
+    plot = _subparser(sub, "plot", "t-SNE of real vs synthetic features and attention maps as PNGs (needs scegg[plots])")
+    plot.add_argument("model", help="model folder or Hub id (ORG/NAME)")
+    plot.add_argument("dataset", help="the dataset the model was trained on")
+    plot.add_argument("--output", default="plots", help="folder for the PNGs")
+    _option(plot, "data_dir", help="root of the standard ZSL layout")
+    _option(plot, "cache_dir", help="where converted features are kept (default: the datasets cache)")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and of t-SNE")
+    _option(plot, "attention_images", type=int, default=4, help="test images whose attention maps are drawn")
+    convert = _subparser(sub, "convert", "convert a dataset to the memory-mapped Arrow cache")
+    convert.add_argument("dataset", help="synthetic, CUB, SUN, AWA2, a dataset folder or Hub id")
+    _option(convert, "data_dir", help="root of the standard ZSL layout")
+    _option(convert, "cache_dir", help="where converted features are kept (default: the datasets cache)")
+    _option(convert, "hub_layout", help="also write the features/classes/attributes Parquet layout here")
+
+
+def _add_sharing(sub) -> None:
+    push = _subparser(sub, "push", "push a model folder (training output, attach-backbone, add-classes) to the Hub")
+    push.add_argument("output_dir", help="the model folder")
+    push.add_argument("repo_id", help="ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push_ds = _subparser(sub, "push-dataset", "push a dataset folder in the Hub layout")
+    push_ds.add_argument("folder", help="a folder written by `scegg convert --hub_layout`")
+    push_ds.add_argument("repo_id", help="ORG/NAME")
+    push_ds.add_argument("--private", action="store_true", help="create the repo private")
+
+
+def _add_extract(sub) -> None:
+    extract = _subparser(sub, "extract", "ResNet-101 region features of a benchmark's pictures into "
+                                         "DATA_DIR/<DS>/feature_map_ResNet_101_<DS>.hdf5 (resumable; needs scegg[hdf5])")
+    extract.add_argument("dataset", help="CUB, SUN or AWA2 (or another xlsa17 dataset whose res101.mat lists pictures)")
+    extract.add_argument("image_dir", help="the unpacked public pictures (CUB: the folder holding CUB_200_2011/, "
+                                           "SUN: holding images/, AWA2: holding Animals_with_Attributes2/)")
+    _option(extract, "data_dir", required=True, help="the folder holding xlsa17/ (and w2v/); the file goes to <DS>/")
+    _option(extract, "backbone", required=True,
+            help="ResNet-101 weights: a torchvision file (resnet101-63fe2227.pth, the paper's), a checkpoint "
+                 "folder or a Hub id (timm/resnet101.tv_in1k: the same weights; microsoft/resnet-101)")
+    _option(extract, "crop_size", type=_positive_int, default=448, help="448: 14 x 14 regions (the paper's); 224: 7 x 7")
+    _option(extract, "resize_size", type=_positive_int, help="short side before cropping (default: the crop size)")
+    _option(extract, "batch_size", type=_positive_int, default=32, help="pictures per forward pass")
+    _option(extract, "chunk_size", type=_positive_int, default=512, help="pictures per resumable shard")
+    _option(extract, "num_workers", type=int, default=min(4, os.cpu_count() or 1),
+            help="DataLoader processes decoding pictures (up to 4, at most the CPU count)")
+    _option(extract, "device", help="default: cuda when available, else cpu")
+    _option(extract, "autocast", choices=("auto", "bf16", "fp16", "no"), default="auto",
+            help="auto: bf16 where the device runs it natively (CUDA >= 8.0, AVX-512 BF16 / AMX CPUs)")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scegg", description=__doc__, epilog=_epilog(),
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"scegg {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train all stages; `scegg train ARGS.json` reads the flags from a JSON file "
+                                 "(flags: see `scegg train --help`)", add_help=False)
+    _add_predict(sub)
+    _add_model_editing(sub)
+    _add_data_commands(sub)
+    _add_extract(sub)
+    _add_sharing(sub)
+    return parser
+
+
+HANDLERS = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate,
+            "plot": _plot, "convert": _convert, "extract": _extract, "push": _push, "push-dataset": _push_dataset}
+
+
+def run(argv: Sequence[str]) -> int:
+    """The command `argv` names, raising what goes wrong (main() turns that into exit statuses)."""
+    argv = [arg for arg in argv if arg != "--verbose"]
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"predict": _predict, "attach-backbone": _attach_backbone, "add-classes": _add_classes, "evaluate": _evaluate,
-                "plot": _plot, "convert": _convert, "push": _push, "push-dataset": _push_dataset}
-    return handlers[args.command](args)
+    return HANDLERS[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`scegg ...`: the command's exit status; a user's mistake prints its cause and remedy and
+    exits 2, anything else that stops a run exits 2 too, with the traceback under --verbose."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    try:
+        return run(argv)
+    except UserError as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {error.cause}", file=sys.stderr)
+        print(f"remedy: {error.remedy or 'see scegg --help'}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - every failure gets an exit status and a line
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("remedy: fix the cause above, or rerun with --verbose for the traceback (a bug if the cause is not yours)",
+              file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

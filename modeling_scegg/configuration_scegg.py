@@ -24,6 +24,14 @@ _CHOICES = {
     "dense_feature_source": ("scen", "pooled"),
 }
 
+_SIZES = ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes", "regression_hidden_dim",
+          "encoder_hidden_dim", "generator_hidden_dim", "critic_hidden_dim", "decoder_hidden_dim", "refit_num_synthetic")
+# Upper bounds checked before anything is allocated: a config.json asking for 10^9 classes must be
+# refused when it is loaded, not exhaust memory building their ids and names. Generous for real data
+# (ImageNet-21k has 21841 classes; ResNet features have 2048 channels).
+MAX_NUM_CLASSES = 100_000
+MAX_WIDTH = 65_536
+
 
 class SCEGGConfig(PretrainedConfig):
     r"""
@@ -125,6 +133,9 @@ class SCEGGConfig(PretrainedConfig):
             the model was trained on, as `"sha256:<hex>"` over every weight and buffer (the same for
             a torchvision .pth, its safetensors conversion or a Hub copy); `scegg attach-backbone`
             refuses other weights. None when unknown (precomputed features, synthetic data).
+        feature_backbone_name (`str`, *optional*): where those weights came from, as the user named
+            them: a Hub id (e.g. `"timm/resnet101.tv_in1k"`, then also the model card's `base_model`)
+            or a file name. None when unknown.
     """
 
     model_type = "scegg"
@@ -182,8 +193,10 @@ class SCEGGConfig(PretrainedConfig):
 
     backbone_config: dict | PretrainedConfig | None = None
     feature_backbone: str | None = None
+    feature_backbone_name: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self._check_size_bounds()
         if self.seen_class_ids is None and self.unseen_class_ids is None:
             num_seen = (3 * self.num_classes) // 4
             self.seen_class_ids = list(range(num_seen))
@@ -218,11 +231,17 @@ class SCEGGConfig(PretrainedConfig):
             return self.feature_dim + self.num_attributes + self.decoder_hidden_dim
         return self.feature_dim
 
+    def _check_size_bounds(self) -> None:
+        """Refuse absurd sizes before any list, dict or weight is built from them."""
+        for name in _SIZES:
+            value, bound = getattr(self, name), MAX_NUM_CLASSES if name == "num_classes" else MAX_WIDTH
+            if isinstance(value, int) and value > bound:
+                raise ValueError(f"SCEGGConfig.{name} = {value} is above {bound}: config.json is corrupt or "
+                                 f"not an SC-EGG model's (sizes are read from the data, which never has that many)")
+
     def validate_scegg(self) -> None:
         """Reject inconsistent settings early, naming the field, so a bad config never trains."""
-        for name in ("feature_dim", "num_regions", "num_attributes", "word_dim", "num_classes",
-                     "regression_hidden_dim", "encoder_hidden_dim", "generator_hidden_dim",
-                     "critic_hidden_dim", "decoder_hidden_dim", "refit_num_synthetic"):
+        for name in _SIZES:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SCEGGConfig.{name} must be a positive integer, got {value!r}")

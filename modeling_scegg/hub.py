@@ -13,6 +13,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -30,19 +31,28 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.repocard import metadata_load
+from transformers.dynamic_module_utils import get_relative_import_files
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_text
+from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TEMPLATE = PACKAGE_DIR / "templates" / "MODEL_CARD.md"
-# the remote-code files a checkpoint folder carries (the pipeline one is named in config.custom_pipelines)
-MODELING_FILES = ("configuration_scegg.py", "modeling_scegg.py", "image_processing_scegg.py", "pipeline_scegg.py")
 # Formats that unpickle on load (torch.load, pickle, Lightning ckpt): never shared, never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", *MODELING_FILES,
+# besides these, a push carries the remote-code files the configs name and what those import
+SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json",
                        "preprocessor_config.json", "README.md", "results.json")
+# a Hub repo id: ORG/NAME; anything else (./outz, outz, /data/run, a/b/c) is a local path
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w][\w.-]*$")
+# what every card metadata names as the task: the model ranks pictures among its classes, or will
+# once given the backbone its region features came from (the card says which)
+PIPELINE_TAG = "zero-shot-image-classification"
+# training arguments that are paths on the training machine: kept out of public cards
+LOCAL_TRAINING_ARGS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone",
+                       "hub_token")
 
 RESULT_KEYS = {
     # key in results.json (percent): (setting, metric shown, metric_type, split)
@@ -57,9 +67,14 @@ PROTOCOLS = {
     "fixed": ("honest, fixed schedule",
               "Every stage ran a fixed number of iterations/epochs and the last one was kept; nothing was "
               "selected on the test set."),
+    "calibration": ("honest, fixed schedule, calibration on validation",
+                    "Every stage ran a fixed number of iterations/epochs and the last one was kept; only the "
+                    "calibrated-stacking seen-score offset was chosen, on a validation split (val classes as "
+                    "pseudo-unseen); nothing was selected on the test set."),
     "validation": ("honest, validation selection",
-                   "Epochs were selected on a validation split of the seen classes (xlsa17 train_loc / "
-                   "val_loc, val classes as pseudo-unseen); nothing was selected on the test set."),
+                   "Classifier epochs (and with them the calibration offset, where calibrated) were selected on "
+                   "a validation split of the seen classes (xlsa17 train_loc / val_loc, val classes as "
+                   "pseudo-unseen); nothing was selected on the test set."),
     "published": ("published protocol, test-selected",
                   "As in the authors' code, the best epoch was chosen by TEST accuracy. This is selection "
                   "on the test set: the numbers are optimistic and not comparable with honest results."),
@@ -77,16 +92,46 @@ class UnsafeWeightsError(ValueError):
     """Raised where only pickle-based weights exist: loading them would execute arbitrary code."""
 
 
-class HubOfflineError(OSError):
+class HubOfflineError(UserError, OSError):
     """Raised instead of a client's offline / cache-miss error, saying what to download and how."""
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` can only mean a Hub repo: ORG/NAME, and no such local path exists."""
+    return bool(HUB_ID.match(name)) and not os.path.exists(name)
+
+
+def backbone_hub_id(config: Mapping[str, Any]) -> str | None:
+    """The Hub id of the model's region backbone, when it has one (the card's ``base_model``): a
+    config field naming it, or the id the embedded ResNet was loaded from."""
+    backbone = config.get("backbone_config") or {}
+    for name in (config.get("backbone_hub_id"), config.get("feature_backbone_name"), config.get("backbone_name"),
+                 config.get("feature_backbone"), backbone.get("_name_or_path")):
+        if isinstance(name, str) and HUB_ID.match(name) and not os.path.isabs(name):
+            return name
+    return None
+
+
+def run_protocol(results: Mapping[str, Any]) -> str:
+    """The key of ``PROTOCOLS`` that says how a training run chose what it reports, read from
+    what it ran (results.json's ``selection``), not from the flags it was given."""
+    selection = results.get("selection") or {}
+    if "gzsl_epochs" in selection or selection.get("stage3_epochs_scored"):
+        return "validation"
+    if "calibration" in selection:
+        return "calibration"
+    return "fixed"
 
 
 # ----------------------------------------------------------------------------------------------
 # Model card
 # ----------------------------------------------------------------------------------------------
-def _card_results(results: Mapping[str, Any], protocol: str) -> tuple[dict, dict | None]:
-    """The honest main numbers and, when given, the test-selected ones the card text shows beside
-    them; refusing a card whose main numbers are already test-selected and carry another set."""
+def _card_results(results: Mapping[str, Any] | None, protocol: str) -> tuple[dict | None, dict | None]:
+    """The honest main numbers (None for a model no run measured) and, when given, the
+    test-selected ones the card text shows beside them; refusing a card whose main numbers are
+    already test-selected and carry another set."""
+    if results is None:
+        return None, None
     main = _result_values(results, "results")
     if results.get("published_protocol") is None:
         return main, None
@@ -105,68 +150,125 @@ def _card_template(base_template: str | os.PathLike | None) -> Path:
 
 def build_model_card(
     output_dir: str | os.PathLike,
-    results: Mapping[str, Any],
+    results: Mapping[str, Any] | None,
     *,
-    dataset_name: str,
+    dataset_name: str | None,
     training_args: Mapping[str, Any],
     feature_extractor: str,
     protocol: str,
     repo_id: str | None = None,
     base_template: str | os.PathLike | None = None,
+    changes: list[Mapping[str, Any]] = (),
+    protocol_as_run: str | None = None,
 ) -> ModelCard:
     """Write ``output_dir/README.md`` from the card template and return the ``ModelCard``.
 
     ``results`` is what training writes to results.json: the four numbers in percent under
     ``RESULT_KEYS``, optionally with a ``"published_protocol"`` mapping of the same keys for the
-    test-selected numbers, which only the card text shows, labelled. Other keys are ignored.
-    ``protocol`` names how the main numbers (the model-index) were selected: one of
-    ``PROTOCOLS``. The sizes come from ``output_dir/config.json``. Without ``repo_id`` the usage
-    snippet names ``REPO_PLACEHOLDER``, which ``push_model`` replaces with the repo it pushes to.
+    test-selected numbers, which only the card text shows, labelled; None for a model no training
+    run measured (no model-index). ``protocol`` names how the main numbers were selected (one of
+    ``PROTOCOLS``), ``protocol_as_run`` is the run's own account of it (results.json's
+    ``protocol``). ``changes`` lists what was done to the model after the run measured it
+    (backbone attached, classes added). The sizes come from ``output_dir/config.json``. Without
+    ``repo_id`` the snippets name ``REPO_PLACEHOLDER``, which ``push_model`` replaces with the repo
+    it pushes to.
     """
     folder = Path(output_dir)
     config = _read_config(folder)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
     main, published = _card_results(results, protocol)
-    model_name = repo_id.split("/")[-1] if repo_id else f"sc-egg-{dataset_name.split('/')[-1].lower()}"
+    dataset_slug = (dataset_name or "model").split("/")[-1].lower()
+    model_name = repo_id.split("/")[-1] if repo_id else f"sc-egg-{dataset_slug}"
     protocol_label, protocol_description = PROTOCOLS[protocol]
-    card_data = ModelCardData(
-        model_name=model_name,
-        # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
-        # not pick up test-selected numbers shown beside honest ones in the text.
-        eval_results=_eval_results(main, dataset_name, protocol_label),
-        library_name="transformers",
-        # the task the checkpoint really runs: pictures need the embedded backbone
-        pipeline_tag="image-classification" if config.get("backbone_config") else None,
-        license="apache-2.0",
-        tags=CARD_TAGS,
-        metrics=["accuracy"],
-        datasets=[dataset_name] if "/" in dataset_name else None,
-    )
     card = ModelCard.from_template(
-        card_data,
+        _card_data(model_name, main, dataset_name, protocol_label, config),
         template_path=str(_card_template(base_template)),
         model_name=model_name,
         repo_id=repo_id or REPO_PLACEHOLDER,
-        dataset_name=dataset_name,
+        dataset_name=dataset_name or "its training data",
         feature_extractor=feature_extractor,
         protocol_label=protocol_label,
         protocol_description=protocol_description,
-        result_rows=_table_rows(main),
+        protocol_as_run=protocol_as_run,
+        result_rows=_table_rows(main) if main else [],
         published_rows=_table_rows(published) if published is not None else [],
         training_config=json.dumps(dict(training_args), indent=2, sort_keys=True, default=str),
+        changes=[_describe_change(change) for change in changes],
         **_card_sizes(config),
     )
     atomic_write_text(folder / "README.md", str(card))
     return card
 
 
+def _card_data(model_name: str, main: dict | None, dataset_name: str | None, protocol_label: str,
+               config: dict) -> ModelCardData:
+    """The card's metadata: the task, licence, datasets, base model and the model-index."""
+    return ModelCardData(
+        model_name=model_name,
+        # Only the main numbers enter the machine-read model-index: a leaderboard reading it must
+        # not pick up test-selected numbers shown beside honest ones in the text.
+        eval_results=_eval_results(main, dataset_name or "unknown", protocol_label) if main else None,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        license="apache-2.0",
+        tags=CARD_TAGS,
+        metrics=["accuracy"] if main else None,
+        datasets=[dataset_name] if _is_public_dataset(dataset_name) else None,
+        base_model=backbone_hub_id(config),
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
+    """The card of a model folder from what it holds: ``config.json`` and, when a training run
+    measured the model, its ``results.json`` (metrics, protocol as run, arguments, and the changes
+    made since)."""
+    folder = Path(output_dir)
+    path = folder / "results.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    measured = all(key in record for key in RESULT_KEYS)
+    training_args = public_record(record).get("training_args") or {}
+    if "preset_choice" in record:  # chosen on the validation view: the card names it with every candidate's scores
+        training_args = {**training_args, "preset_choice": record["preset_choice"]}
+    return build_model_card(
+        folder, record if measured else None, dataset_name=record.get("dataset"), training_args=training_args,
+        feature_extractor=record.get("feature_extractor", "the backbone named in config.json, if any"),
+        protocol=run_protocol(record), repo_id=repo_id, changes=record.get("changes", []),
+        protocol_as_run=record.get("protocol") if measured else None)
+
+
+def _is_public_dataset(name: str | None) -> bool:
+    """Dataset names the card metadata may carry: benchmark names and Hub ids, not the built-in
+    synthetic data or a path on the training machine."""
+    return bool(name) and name != "synthetic" and not os.path.isabs(name) and not name.startswith(".") \
+        and name.count("/") <= 1
+
+
+def _describe_change(change: Mapping[str, Any]) -> str:
+    """One line of the card's "Changes since training" list."""
+    kind = change.get("change")
+    if kind == "backbone attached":
+        hub = f", from {change['base_model']}" if change.get("base_model") else ""
+        same = ("the metrics above were measured on region features of this same backbone"
+                if change.get("same_as_training_features") else
+                "the training features did not record their backbone, so the metrics above hold on pictures only "
+                "if these are the weights that computed them")
+        return f"Region backbone attached ({change.get('feature_backbone')}{hub}): the model now reads pictures; {same}."
+    if kind == "classes added":
+        names = ", ".join(f"`{name}`" for name in change.get("classes", []))
+        return (f"Classes added after training, from their attributes: {names}. Their accuracy is unmeasured; the "
+                "final classifiers were refit, so the metrics above describe the model before this change.")
+    return json.dumps(dict(change), sort_keys=True, default=str)
+
+
 def _card_sizes(config: dict) -> dict[str, Any]:
     """The model's sizes, as the card template names them, read from its config.json."""
+    names = config.get("id2label") or {}
+    unseen = [names.get(str(i), str(i)) for i in config["unseen_class_ids"]]
     return {"num_classes": config["num_classes"], "num_seen": len(config["seen_class_ids"]),
             "num_unseen": len(config["unseen_class_ids"]), "num_attributes": config["num_attributes"],
             "num_regions": config["num_regions"], "feature_dim": config["feature_dim"],
-            "runs_on_images": bool(config.get("backbone_config"))}
+            "runs_on_images": bool(config.get("backbone_config")), "example_labels": unseen[:2] or list(names.values())[:2]}
 
 
 def _read_config(folder: Path) -> dict:
@@ -260,16 +362,25 @@ def check_safetensors_only(folder_or_repo_files: str | os.PathLike | Iterable[st
 def local_model_folder(name_or_path: str | os.PathLike, *, revision: str | None = None, token: str | None = None) -> Path:
     """The folder of a checkpoint: itself when local, else its cached Hub snapshot. Only config,
     safetensors, the image processor's config and the card are ever downloaded (pickles are never
-    fetched). Offline cache misses raise ``HubOfflineError`` with the commands that fix them."""
+    fetched). Offline cache misses raise ``HubOfflineError`` with the commands that fix them.
+
+    Only ORG/NAME is ever looked up on the Hub: anything else (``./outz``, ``outz``, ``/data/run``)
+    is a local folder, and a missing one is said to be missing."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if path.exists():
+        raise UserError(f"{name_or_path} is a file, not a model folder",
+                        "pass the folder that holds config.json and model.safetensors")
+    if not is_hub_id(str(name_or_path)):
+        raise UserError(f"no such model folder: {name_or_path}",
+                        "check the path (a Hub repo is given as ORG/NAME)")
     try:
         return Path(snapshot_download(str(name_or_path), revision=revision, token=token,
                                       allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json",
-                                                      "preprocessor_config.json", "README.md"]))
+                                                      "preprocessor_config.json", "README.md", "results.json"]))
     except Exception as error:
-        raise explain_offline_error(error, str(name_or_path)) from error
+        raise explain_offline_error(error, str(name_or_path)) from None
 
 
 def load_model(
@@ -311,18 +422,13 @@ def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "mo
         load = f'datasets.load_dataset("{local_dir}", "features")'
     else:
         load = f'AutoModel.from_pretrained("{local_dir}", trust_remote_code=True)'
-    message = (
-        f"Cannot load the {repo_type} '{repo_id}': the Hub client is offline (HF_HUB_OFFLINE=1 or no network) "
-        f"and the files are not in the local cache ({constants.HF_HUB_CACHE}).\n"
-        f"On a machine with network access run\n"
-        f"    hf download {repo_id}{type_flag} --local-dir {local_dir}\n"
-        f"(older huggingface_hub: huggingface-cli download {repo_id}{type_flag} --local-dir {local_dir}),\n"
-        f"copy the folder here and load it from disk: {load}.\n"
-        f"Or unset HF_HUB_OFFLINE where the Hub is reachable and the client downloads it itself.\n"
-        f"Client error: {type(exc).__name__}: {exc}"
-    )
-    error = HubOfflineError(message)
-    error.__cause__ = exc
+    not_local = f" (there is no local folder {repo_id} either)" if repo_type == "model" else ""
+    cause = (f"cannot load the {repo_type} '{repo_id}': the Hub client is offline (HF_HUB_OFFLINE=1 or no network) "
+             f"and the files are not in the local cache ({constants.HF_HUB_CACHE}){not_local}")
+    remedy = (f"where the Hub is reachable run `hf download {repo_id}{type_flag} --local-dir {local_dir}`, copy the "
+              f"folder here and load it from disk: {load}; or unset HF_HUB_OFFLINE where the Hub is reachable")
+    error = HubOfflineError(cause, remedy)
+    error.client_error = exc  # kept for --verbose, not chained: the advice is the whole story
     return error
 
 
@@ -348,33 +454,65 @@ def push_model(
     private: bool = False,
     commit_message: str = "Upload SC-EGG model",
 ) -> str:
-    """Push a saved SC-EGG model (config, safetensors weights, modeling code, card, results) to
-    ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files of the
-    output folder stay local; pickled weights make the push fail rather than be skipped quietly.
-    A card built without a repo id gets ``repo_id`` in its usage snippet first."""
+    """Push a saved SC-EGG model (config, safetensors weights, image processor, remote code, card,
+    results) to ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files
+    of the output folder stay local; pickled weights make the push fail rather than be skipped
+    quietly. The folder itself is never changed: the card is written for ``repo_id`` in a staging
+    copy (hard links), so a failed push leaves nothing that names the wrong repo behind."""
     folder = Path(output_dir)
+    if not HUB_ID.match(repo_id):
+        raise UserError(f"not a Hub repo id: {repo_id!r}", "give the repo as ORG/NAME, e.g. alice/sc-egg-cub")
     files = model_files_to_push(folder)
-    readme = folder / "README.md"
-    card_text = readme.read_text(encoding="utf-8")
-    if f'"{REPO_PLACEHOLDER}"' in card_text:
-        atomic_write_text(readme, card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'))
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        allow_patterns=files,
-        delete_patterns=["model*.safetensors", "model.safetensors.index.json"],
-        commit_message=commit_message,
-    )
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".push-") as scratch:
+        staging = Path(scratch)
+        for name in files:
+            _link_or_copy(folder / name, staging / name)
+        if "results.json" in files:  # the run's record, without the training machine's paths
+            record = json.loads((staging / "results.json").read_text(encoding="utf-8"))
+            (staging / "results.json").unlink()
+            atomic_write_text(staging / "results.json", json.dumps(public_record(record), indent=2))
+        if "README.md" in files:
+            card_text = (staging / "README.md").read_text(encoding="utf-8")
+            (staging / "README.md").unlink()
+            (staging / "README.md").write_text(card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'),
+                                               encoding="utf-8")
+        else:
+            write_model_card(staging, repo_id=repo_id)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            delete_patterns=["model*.safetensors", "model.safetensors.index.json"],
+            commit_message=commit_message,
+        )
     return commit.commit_url
+
+
+def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """results.json as shared: the training arguments that are paths on the training machine
+    (``LOCAL_TRAINING_ARGS``) left out, as the card leaves them out."""
+    public = dict(record)
+    if isinstance(public.get("training_args"), Mapping):
+        public["training_args"] = {k: v for k, v in public["training_args"].items() if k not in LOCAL_TRAINING_ARGS}
+    return public
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def model_files_to_push(folder: Path) -> list[str]:
     """The exact top-level files of a model upload, after the checks that make it loadable with
-    ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` and free of pickles."""
+    ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` and free of pickles: the
+    safe files and the remote code that the configs name (auto_map, custom_pipelines), with what
+    that code imports."""
+    folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"model output folder not found: {folder}")
+        raise UserError(f"no such model folder: {folder}", "pass the folder training or save_pretrained wrote")
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     pickled = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
     if pickled:
@@ -390,18 +528,29 @@ def model_files_to_push(folder: Path) -> list[str]:
             "after `import modeling_scegg`, which registers the classes for remote code"
         )
     check_safetensors_only(names)
-    if "README.md" not in names:
-        raise FileNotFoundError(f"{folder / 'README.md'} not found: write the card first with build_model_card()")
-    for name in MODELING_FILES:
-        if name not in names:
-            _copy_atomic(PACKAGE_DIR / name, folder / name)
-            names.append(name)
-    return sorted(name for name in set(names) if any(fnmatch.fnmatchcase(name, p) for p in SAFE_MODEL_PATTERNS))
+    code = remote_code_files(folder, config)
+    missing = sorted(code - set(names))
+    if missing:
+        raise UserError(f"{folder} lacks the remote-code files {missing} that its configs name",
+                        f"re-save it: SCEGGModel.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r})")
+    safe = {name for name in names if any(fnmatch.fnmatchcase(name, p) for p in SAFE_MODEL_PATTERNS)}
+    return sorted(safe | code)
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+def remote_code_files(folder: Path, config: Mapping[str, Any]) -> set[str]:
+    """The ``.py`` files the folder's configs name (model auto_map, custom_pipelines, the image
+    processor's auto_map) and, transitively, the files those import relatively."""
+    references = list((config.get("auto_map") or {}).values())
+    references += [task.get("impl", "") for task in (config.get("custom_pipelines") or {}).values()]
+    processor = folder / "preprocessor_config.json"
+    if processor.is_file():
+        references += list((json.loads(processor.read_text(encoding="utf-8")).get("auto_map") or {}).values())
+    modules = {reference.rsplit(".", 1)[0] for reference in references if isinstance(reference, str) and "." in reference}
+    files = {f"{module}.py" for module in modules}
+    for name in list(files):
+        if (folder / name).is_file():
+            files |= {Path(path).name for path in get_relative_import_files(str(folder / name))}
+    return files
 
 
 def push_feature_dataset(
@@ -495,14 +644,19 @@ def _data_files(folder: Path, data_files: Any, where: str) -> list[str]:
 __all__ = [
     "HubOfflineError",
     "UnsafeWeightsError",
+    "backbone_hub_id",
     "build_model_card",
     "check_safetensors_only",
     "dataset_files_to_push",
     "explain_offline_error",
+    "is_hub_id",
     "load_image_processor",
     "load_model",
     "local_model_folder",
     "model_files_to_push",
+    "run_protocol",
     "push_feature_dataset",
     "push_model",
+    "remote_code_files",
+    "write_model_card",
 ]

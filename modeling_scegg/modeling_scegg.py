@@ -576,7 +576,28 @@ class SCEGGPreTrainedModel(PreTrainedModel):
     # checkpoints saved before the refit statistics existed load with none (add_classes then says so)
     _keys_to_ignore_on_load_missing = [r"^seen_feature_(mean|std|count)$"]
 
+    # Set by the installed `scegg` package (its `export` module) when it registers the classes:
+    # save_pretrained / push_to_hub then write the complete folder (image processor, pipelines,
+    # model card). Remote code loaded from a folder has none and saves weights, config and code.
+    package_export = None
+
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """The complete model folder when the package is installed (see `package_export`), else
+        `save_weights_and_code`."""
+        export = SCEGGPreTrainedModel.package_export
+        if export is not None:
+            return export.save_model(self, save_directory, **kwargs)
+        return self.save_weights_and_code(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id, *args, **kwargs):
+        """With the package installed, the complete folder and a card written for `repo_id`;
+        else `PreTrainedModel.push_to_hub`."""
+        export = SCEGGPreTrainedModel.package_export
+        if export is not None:
+            return export.push_model_to_hub(self, repo_id, *args, **kwargs)
+        return super().push_to_hub(repo_id, *args, **kwargs)
+
+    def save_weights_and_code(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; once the classes are registered for remote code, the
         saved auto_map names both: AutoModel (region features in) and AutoModelForImageClassification
         (pictures in), whichever of the two is saved."""

@@ -1,17 +1,18 @@
 """`scegg predict`: class names for many pictures (or region-feature files), one row per input.
 
-Pictures are decoded as at training (PIL, ``convert("RGB")``, no EXIF rotation), preprocessed by
-the checkpoint's image processor and classified in batches. A picture that cannot be used gets
-an error row naming the file and the reason, and the others go on:
+Every input is handled on its own: whatever goes wrong with one picture or feature file becomes
+that input's error row (``{"file", "error", "predictions": []}``) and the others go on. Pictures
+are read by :func:`~modeling_scegg.image_processing_scegg.load_picture`, the reader of every path
+(formats checked on the content, EXIF orientation applied, 16-bit greyscale scaled, sizes
+bounded before decoding: see that module), and each is preprocessed as soon as it is read, so a
+batch holds crops, never full-resolution photos. Region-feature files are memory-mapped and
+checked (shape, finite values, a safetensors header that fits its file) before use.
 
-* an empty (zero-byte) file, a file PIL cannot identify, a truncated image;
-* a side under :data:`MIN_IMAGE_SIDE` pixels (nothing left to see once upscaled to the crop);
-* more than :data:`MAX_IMAGE_PIXELS` pixels (PIL's decompression-bomb limit), checked on the
-  header before anything is decoded.
-
-Rows are ``{"file", "error", "predictions": [{"label", "score"}, ...]}`` with the pipeline's
-ranking (:func:`~modeling_scegg.pipeline_scegg.rank_classes`): GZSL over every class, or CZSL over
-the unseen ones.
+Rows carry the pipeline's ranking (:func:`~modeling_scegg.pipeline_scegg.rank_classes`): GZSL over
+every class, or CZSL over the unseen ones. They are written as they are made; an output file is
+renamed into place at the end, and also when the run stops early, so finished rows are never
+lost. The exit status (:mod:`modeling_scegg.errors`) is 0 when every input got predictions, 1 when
+some got an error row, 2 when the run could not start or stopped early.
 """
 from __future__ import annotations
 
@@ -19,30 +20,28 @@ import csv
 import io
 import json
 import os
+import struct
 import sys
-import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .data.images import IMAGE_EXTENSIONS
-from .image_processing_scegg import SCEGGImageProcessor
-from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
+from .errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UserError
+from .image_processing_scegg import SCEGGImageProcessor, UnusableImage, load_picture
+from .modeling_scegg import SCEGGModel
 from .pipeline_scegg import rank_classes
 
-MIN_IMAGE_SIDE = 32
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS default: above it PIL warns of a decompression bomb
 FEATURE_SUFFIXES = (".npy", ".safetensors")
-
-
-class UnusableImage(ValueError):
-    """A picture that cannot be classified; the message is the reason given in its row."""
+FEATURE_TENSOR = "region_features"
+OUTPUT_KINDS = {".csv": "csv", ".jsonl": "jsonl"}
+MAX_SAFETENSORS_HEADER = 100_000_000  # the limit the safetensors format itself sets
 
 
 @dataclass
@@ -52,87 +51,93 @@ class Prediction:
     error: str = ""
 
 
+def check_options(top_k: int, batch_size: int, output: str | os.PathLike | None = None) -> None:
+    """Refuse, before any model is loaded, values that would crash late or mean nothing."""
+    if output is not None and Path(output).suffix.lower() not in OUTPUT_KINDS:
+        raise UserError(f"--output must end in .csv or .jsonl, got {output}", "name the output file.csv or file.jsonl")
+    if top_k < 1:
+        raise UserError(f"--top_k must be at least 1, got {top_k}", "pass how many classes each row should name, e.g. --top_k 5")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}",
+                        "pass how many pictures to classify at once, e.g. --batch_size 16")
+
+
 def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders replaced by the pictures under them (recursively, sorted)."""
-    files = []
+    """Files as given; folders replaced by the pictures and feature files under them (recursively,
+    sorted). Inputs that hold nothing usable are a mistake, not an empty result."""
+    files, skipped = [], set()
     for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not p.name.startswith("."))
-        else:
+        if not path.is_dir():
             files.append(path)
+            continue
+        for candidate in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if candidate.suffix.lower() in IMAGE_EXTENSIONS or candidate.suffix.lower() in FEATURE_SUFFIXES:
+                files.append(candidate)
+            else:
+                skipped.add(candidate.suffix.lower() or candidate.name)
+    if not files:
+        raise UserError(
+            f"no pictures or feature files in {', '.join(map(str, paths))}"
+            + (f" (skipped: {', '.join(sorted(skipped))})" if skipped else ""),
+            f"give pictures ({', '.join(sorted(IMAGE_EXTENSIONS))}) or region-feature files "
+            f"({', '.join(FEATURE_SUFFIXES)}); convert other formats (e.g. HEIC) to JPEG first")
     return files
 
 
-def open_image(path: Path) -> Image.Image:
-    """The decoded RGB picture, or ``UnusableImage`` saying why not."""
-    if not path.is_file():
-        raise UnusableImage("no such file")
-    if path.stat().st_size == 0:
-        raise UnusableImage("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_size refuses those sizes
-            with Image.open(path) as image:
-                _check_size(image.size)
-                image.load()
-                return image.convert("RGB")
-    except Image.DecompressionBombError as error:
-        raise UnusableImage(f"too large to decode safely ({error})") from error
-    except UnidentifiedImageError as error:
-        raise UnusableImage("not an image PIL can read") from error
-    except OSError as error:  # truncated or corrupt data inside a valid header
-        raise UnusableImage(f"unreadable image data ({error})") from error
+def open_image(path: Path, processor: SCEGGImageProcessor | None = None):
+    """The decoded RGB picture (see :func:`load_picture`), or ``UnusableImage`` saying why not."""
+    return load_picture(path, processor.decode_size if processor is not None else None)
 
 
-def _check_size(size: tuple[int, int]) -> None:
-    width, height = size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise UnusableImage(f"too small: {width} x {height} pixels (each side needs at least {MIN_IMAGE_SIDE})")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise UnusableImage(f"too large: {width} x {height} = {width * height / 1e6:.0f} megapixels "
-                            f"(at most {MAX_IMAGE_PIXELS / 1e6:.0f} are decoded)")
+def read_picture(path: Path, processor: SCEGGImageProcessor) -> torch.Tensor:
+    """(3, crop, crop) pixels of one picture: read and preprocessed at once, so the full-resolution
+    picture is dropped before the next one is read."""
+    return processor(open_image(path, processor), return_tensors="pt")["pixel_values"][0]
 
 
 @torch.no_grad()
-def _rank_batch(model: SCEGGModel, inputs: dict[str, torch.Tensor], czsl: bool, top_k: int) -> list[list[dict]]:
-    output = model(**inputs)
+def _rank_batch(model: SCEGGModel, names: list[str], inputs: dict[str, torch.Tensor], czsl: bool,
+                top_k: int) -> list[Prediction]:
+    """One row per input of a batch; a failing forward pass gives every input of the batch its error row."""
+    try:
+        output = model(**inputs)
+    except Exception as error:
+        return [Prediction(name, error=f"classification failed ({type(error).__name__}: {error})") for name in names]
     logits = output.czsl_logits if czsl else output.logits
-    return [rank_classes(row, model.config, czsl=czsl, top_k=top_k) if torch.isfinite(row).all() else None
-            for row in logits.cpu()]
+    return [Prediction(name, rank_classes(row, model.config, czsl=czsl, top_k=top_k)) if torch.isfinite(row).all()
+            else Prediction(name, error="non-finite scores") for name, row in zip(names, logits.cpu())]
 
 
-def _rows(files: Sequence[str], ranked: list[list[dict] | None]) -> list[Prediction]:
-    return [Prediction(file, ranks) if ranks is not None else Prediction(file, error="non-finite scores")
-            for file, ranks in zip(files, ranked)]
-
-
-def predict_images(
-    model: SCEGGForImageClassification,
-    processor: SCEGGImageProcessor,
+def predict_inputs(
+    model: SCEGGModel,
+    processor: SCEGGImageProcessor | None,
     files: Sequence[Path],
     *,
     czsl: bool = False,
     top_k: int = 5,
     batch_size: int = 16,
 ) -> Iterator[Prediction]:
-    """One row per file, in order, classifying the usable pictures `batch_size` at a time."""
+    """One row per picture and per image of a feature file, in the order of `files`; pictures are
+    classified `batch_size` at a time (``processor`` may be None when there are none)."""
     device = model.class_attributes.device
-    pending: list[tuple[str, Image.Image]] = []
+    pending: list[tuple[str, torch.Tensor]] = []
 
     def flush() -> list[Prediction]:
-        pixels = processor([image for _, image in pending], return_tensors="pt")["pixel_values"].to(device)
-        rows = _rows([name for name, _ in pending], _rank_batch(model, {"pixel_values": pixels}, czsl, top_k))
+        names, pixels = [name for name, _ in pending], torch.stack([p for _, p in pending]).to(device)
         pending.clear()
-        return rows
+        return _rank_batch(model, names, {"pixel_values": pixels}, czsl, top_k)
 
-    with tqdm(total=len(files), desc="predict", unit="img") as bar:
+    with tqdm(total=len(files), desc="predict", unit="input") as bar:
         for path in files:
-            try:
-                pending.append((str(path), open_image(path)))
-            except UnusableImage as error:
+            if path.suffix.lower() in FEATURE_SUFFIXES:
                 yield from flush() if pending else ()
-                yield Prediction(str(path), error=str(error))
+                yield from _feature_file_rows(model, path, czsl, top_k, batch_size)
+            else:
+                try:
+                    pending.append((str(path), read_picture(path, processor)))
+                except Exception as error:  # any failure of one picture is that picture's row
+                    yield from flush() if pending else ()
+                    yield Prediction(str(path), error=_reason(error))
             if len(pending) == batch_size:
                 yield from flush()
             bar.update(1)
@@ -140,59 +145,176 @@ def predict_images(
             yield from flush()
 
 
+def _reason(error: Exception) -> str:
+    return str(error) if isinstance(error, (UnusableImage, UserError)) else f"{type(error).__name__}: {error}"
+
+
+def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, batch_size: int) -> Iterator[Prediction]:
+    """The rows of one feature file as they are ranked; when the file cannot be used, one error row
+    naming it (or, after some rows, the rest of it as ``file[start:]``)."""
+    done = 0
+    try:
+        with ExitStack() as stack:
+            features = open_region_features(path, stack)
+            _check_feature_shape(path, features.shape, model.config)
+            for start in range(0, features.shape[0], batch_size):
+                stop = min(start + batch_size, features.shape[0])  # safetensors slices do not clamp
+                rows = _feature_batch_rows(model, path, start, features[start:stop], czsl, top_k)
+                yield from rows
+                done += len(rows)
+    except Exception as error:
+        yield Prediction(str(path) if not done else f"{path}[{done}:]", error=_reason(error))
+
+
+def _feature_batch_rows(model: SCEGGModel, path: Path, start: int, batch, czsl: bool, top_k: int) -> list[Prediction]:
+    """Rows of one batch of a feature file; images with NaN or infinite features get error rows."""
+    batch = torch.from_numpy(np.array(batch, dtype=np.float32))  # a copy: memory maps are read-only
+    names = [f"{path}[{i}]" for i in range(start, start + len(batch))]
+    finite = torch.isfinite(batch).flatten(1).all(dim=1)
+    ranked = iter(_rank_batch(model, [n for n, ok in zip(names, finite) if ok],
+                              {"region_features": batch[finite].to(model.class_attributes.device)}, czsl, top_k)
+                  if finite.any() else [])
+    return [next(ranked) if ok else Prediction(name, error="region features hold NaN or infinite values")
+            for name, ok in zip(names, finite)]
+
+
+def _check_feature_shape(path: Path, shape: tuple[int, ...], config) -> None:
+    expected = (config.num_regions, config.feature_dim)
+    if len(shape) != 3 or tuple(shape[1:]) != expected:
+        raise UnusableImage(f"region features of shape {tuple(shape)}, expected (B, {expected[0]}, {expected[1]}) "
+                            f"(B, num_regions, feature_dim) for this model")
+
+
+def open_region_features(path: Path, stack: ExitStack):
+    """A lazily read (B, R, D) array of a feature file: a memory-mapped .npy (never unpickled) or
+    the tensor 'region_features' of a .safetensors file, whose header is checked against the file
+    size first. Only the batches used are ever read."""
+    if not path.is_file():
+        raise UnusableImage("no such file")
+    if path.suffix.lower() == ".safetensors":
+        _check_safetensors_header(path)
+        from safetensors import safe_open
+
+        handle = stack.enter_context(safe_open(str(path), framework="np"))
+        if FEATURE_TENSOR not in handle.keys():
+            raise UnusableImage(f"no tensor {FEATURE_TENSOR!r} (found {sorted(handle.keys())[:5]})")
+        return _SafetensorsArray(handle.get_slice(FEATURE_TENSOR))
+    _check_npy_header(path)
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise UnusableImage(f"region features of dtype {array.dtype}, expected floating-point numbers")
+    return array
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse, from the header alone, a .npy of Python objects: loading it would unpickle."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(handle)
+        except ValueError as error:
+            raise UnusableImage(f"not a .npy file ({error})") from error
+    if dtype.hasobject:
+        raise UnusableImage("holds Python objects (a pickle), which are never loaded; save a numeric (B, R, D) array")
+
+
+class _SafetensorsArray:
+    """Shape and slicing of one safetensors tensor, read batch by batch."""
+
+    def __init__(self, tensor_slice) -> None:
+        self.slice = tensor_slice
+        self.shape = tuple(tensor_slice.get_shape())
+        if tensor_slice.get_dtype() not in ("F16", "F32", "F64"):
+            raise UnusableImage(f"region features of dtype {tensor_slice.get_dtype()}, expected F16, F32 or F64")
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.slice[index]
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """The 8-byte header length and every tensor's byte range must fit inside the file: a header
+    claiming gigabytes is refused before anything is allocated."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise UnusableImage(f"not a safetensors file ({size} bytes, shorter than its header)")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise UnusableImage(f"corrupt safetensors header: it claims {header_size} bytes in a file of {size}")
+        try:
+            header = json.loads(handle.read(header_size))
+            ends = [int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise UnusableImage(f"corrupt safetensors header ({error})") from error
+    if ends and max(ends) > size - 8 - header_size:
+        raise UnusableImage(f"truncated safetensors file: its tensors need {max(ends)} bytes, "
+                            f"{size - 8 - header_size} are there")
+
+
 def read_region_features(path: Path) -> np.ndarray:
     """(B, R, D) region features from .npy (never unpickled) or .safetensors (tensor 'region_features')."""
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        tensors = load_file(path)
-        if "region_features" not in tensors:
-            raise KeyError(f"{path} has no tensor 'region_features' (found {sorted(tensors)})")
-        return tensors["region_features"]
-    return np.load(path, allow_pickle=False)
+    with ExitStack() as stack:
+        return np.asarray(open_region_features(Path(path), stack)[:])
 
 
-def predict_region_features(model: SCEGGModel, path: Path, *, czsl: bool = False, top_k: int = 5,
-                            batch_size: int = 16) -> Iterator[Prediction]:
-    """One row per image of a region-feature file, named `file[index]`."""
-    features = read_region_features(path)
-    device = model.class_attributes.device
-    for start in range(0, len(features), batch_size):
-        batch = torch.from_numpy(np.asarray(features[start:start + batch_size], dtype=np.float32)).to(device)
-        names = [f"{path}[{i}]" for i in range(start, start + len(batch))]
-        yield from _rows(names, _rank_batch(model, {"region_features": batch}, czsl, top_k))
+@dataclass
+class _Tally:
+    rows: int = 0
+    errors: int = 0
 
 
 def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | None, top_k: int) -> int:
-    """Write rows as CSV or JSON lines (by the suffix of `output`; stdout gets JSON lines), the file
-    atomically; returns how many rows are errors."""
+    """Write rows as CSV or JSON lines (by the suffix of `output`; stdout gets JSON lines) as they
+    come, and return the exit status. The file is renamed into place at the end, also when the run
+    stops early, which then raises :class:`UserError` saying how many rows were written."""
+    tally, stopped = _Tally(), None
+    with _output(output) as (handle, kind):
+        try:
+            _write_rows(rows, handle, kind, top_k, tally)
+        except BaseException as error:  # the finished rows are kept: the file is still renamed into place
+            stopped = error
+    if isinstance(stopped, Exception):
+        raise UserError(f"the run stopped after {tally.rows} rows: {type(stopped).__name__}: {stopped}",
+                        f"{output or 'stdout'} holds the {tally.rows} finished rows; rerun the remaining inputs") from stopped
+    if stopped is not None:  # an interrupt stays an interrupt
+        raise stopped
+    return _exit_status(tally)
+
+
+@contextmanager
+def _output(output: str | os.PathLike | None) -> Iterator[tuple[io.TextIOBase, str]]:
+    """(handle, "csv" | "jsonl"): stdout, or a temporary file renamed to `output` at the end."""
     if output is None:
-        return _write_rows(rows, sys.stdout, "jsonl", top_k)
-    output = Path(output)
-    kind = {".csv": "csv", ".jsonl": "jsonl"}.get(output.suffix.lower())
-    if kind is None:
-        raise ValueError(f"--output must end in .csv or .jsonl, got {output}")
+        yield sys.stdout, "jsonl"
+        return
+    check_options(1, 1, output)
+    kind = OUTPUT_KINDS[Path(output).suffix.lower()]
     with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        errors = _write_rows(rows, handle, kind, top_k)
-    return errors
+        yield handle, kind
 
 
-def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int) -> int:
-    errors = 0
+def _exit_status(tally: _Tally) -> int:
+    print(f"{tally.rows} rows, {tally.errors} rows failed", file=sys.stderr)
+    return EXIT_SOME_INPUTS_FAILED if tally.errors else EXIT_OK
+
+
+def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int, tally: _Tally) -> None:
     writer = None
     if kind == "csv":
         writer = csv.writer(handle)
         writer.writerow(["file", "error"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("label", "score")])
     for row in rows:
-        errors += bool(row.error)
         if writer is None:
             handle.write(json.dumps({"file": row.file, "error": row.error, "predictions": row.predictions}) + "\n")
         else:
             ranked = [value for p in row.predictions for value in (p["label"], f"{p['score']:.6f}")]
             writer.writerow([row.file, row.error, *ranked] + [""] * (2 * top_k - len(ranked)))
         handle.flush()
-    return errors
+        tally.rows += 1
+        tally.errors += bool(row.error)
 
 
-__all__ = ["MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "Prediction", "UnusableImage", "expand_inputs", "open_image",
-           "predict_images", "predict_region_features", "read_region_features", "write_predictions"]
+__all__ = ["FEATURE_SUFFIXES", "Prediction", "UnusableImage", "check_options", "expand_inputs", "open_image",
+           "open_region_features", "predict_inputs", "read_picture", "read_region_features", "write_predictions"]

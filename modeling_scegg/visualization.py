@@ -22,15 +22,20 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from PIL import Image
-from sklearn.manifold import TSNE
-from threadpoolctl import threadpool_limits
 
 from .atomic import atomic_path
+from .optional import missing_extra
+
+try:
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+except ImportError as error:
+    raise missing_extra(error, "plots", "drawing plots (training's plots/, scegg plot)") from None
 
 __all__ = ["plot_attention_maps", "plot_per_class_accuracy", "plot_training_curves", "plot_tsne"]
 

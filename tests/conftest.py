@@ -108,3 +108,21 @@ def bf16_accelerator():
     AcceleratorState._reset_state(True)  # the process-wide state is fixed at the first Accelerator
     yield Accelerator(mixed_precision="bf16", cpu=True)
     AcceleratorState._reset_state(True)
+
+
+def torchvision_state_dict(model) -> dict:
+    """A transformers ResNetModel's weights under torchvision's key names (conv1, bn1,
+    layerS.B.convI, layerS.B.downsample.0/1): how torchvision and timm files name them."""
+    import re
+
+    renamed = {}
+    for key, tensor in model.state_dict().items():
+        key = re.sub(r"^embedder\.embedder\.convolution\.", "conv1.", key)
+        key = re.sub(r"^embedder\.embedder\.normalization\.", "bn1.", key)
+        key = re.sub(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.(convolution|normalization)\.",
+                     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{'conv' if m[4] == 'convolution' else 'bn'}{int(m[3]) + 1}.",
+                     key)
+        key = re.sub(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.(convolution|normalization)\.",
+                     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.{0 if m[3] == 'convolution' else 1}.", key)
+        renamed[key] = tensor.clone()
+    return renamed

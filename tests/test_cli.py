@@ -20,11 +20,11 @@ def test_predict_prints_class_names(tiny_model, tmp_path, capsys):
     assert {p["label"] for line in czsl for p in line["predictions"]} <= {"bird_1", "bird_4"}
 
 
-def test_predict_refuses_pickled_npy(tiny_model, tmp_path):
+def test_predict_refuses_pickled_npy(tiny_model, tmp_path, capsys):
     tiny_model.save_pretrained(tmp_path / "model")
     np.save(tmp_path / "bad.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="pickle"):
-        main(["predict", str(tmp_path / "model"), str(tmp_path / "bad.npy")])
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "bad.npy")]) == 1
+    assert "a pickle), which are never loaded" in json.loads(capsys.readouterr().out)["error"]
 
 
 def test_train_help_lists_every_training_flag(capsys):
@@ -70,3 +70,77 @@ def test_convert_writes_the_hub_layout(tmp_path, capsys):
     original = load_zsl_dataset("synthetic", cache_dir=tmp_path / "cache")
     assert {k: len(v) for k, v in again.splits.items()} == {k: len(v) for k, v in original.splits.items()}
     np.testing.assert_allclose(again.semantics.attributes, original.semantics.attributes, atol=1e-6)  # re-normalised on load
+
+
+# -- the command line's manners -------------------------------------------------------------------------------
+def test_a_mistyped_local_folder_is_said_to_be_missing_in_two_lines(tmp_path, capsys):
+    """Offline, ./outz is a folder that does not exist, not a Hub id to download."""
+    assert main(["predict", "./outz", str(tmp_path / "x.npy")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: no such model folder: ./outz", "remedy: check the path (a Hub repo is given as ORG/NAME)"]
+    assert main(["predict", "outz", str(tmp_path / "x.npy")]) == 2
+    assert "no such model folder: outz" in capsys.readouterr().err
+
+
+def test_verbose_adds_the_traceback(capsys):
+    assert main(["predict", "./outz", "x.npy", "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("(a Hub repo is given as ORG/NAME)")
+
+
+def test_flags_take_dashes_and_underscores(tiny_model, tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((1, 5, 12)).astype(np.float32))
+    outputs = []
+    for flag in ("--top_k", "--top-k"):
+        assert main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), flag, "2", "--batch-size", "1"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["predictions"])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(tmp_path / "model"), str(tmp_path / "x.npy"), "--top-k", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["predict"], ["attach-backbone"], ["add-classes"], ["evaluate"], ["plot"],
+                                     ["convert"], ["push"], ["push-dataset"]])
+def test_every_help_shows_defaults_and_the_presets(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for preset in ("cub-published", "sun-paper", "awa2-tfvaegan"):
+        assert preset in text, (command, preset)
+    if command == ["predict"]:
+        assert "classes per input (default: 5)" in text and "(default: 16)" in text and "--top-k" in text
+
+
+def test_train_help_shows_defaults_and_the_presets(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0)" in text and "cub-published" in text and "--output-dir" in text
+
+
+def test_train_reads_a_json_arguments_file(tmp_path, monkeypatch):
+    """`scegg train args.json`, as transformers' example scripts read one: the same run as the flags."""
+    from modeling_scegg import training
+    from modeling_scegg.cli import training_argv
+
+    values = {"dataset": "synthetic", "seed": 3, "output_dir": str(tmp_path / "out"), "plots": False,
+              "synthetic_overrides": ["num_classes=10", "num_unseen=3"], "hub_model_id": None}
+    (tmp_path / "args.json").write_text(json.dumps(values))
+    from_file = training.parse_training_args(training_argv([str(tmp_path / "args.json")]))
+    from_flags = training.parse_training_args(["--dataset", "synthetic", "--seed", "3", "--output_dir",
+                                               str(tmp_path / "out"), "--plots", "false", "--synthetic_overrides",
+                                               "num_classes=10", "num_unseen=3"])
+    assert from_file == from_flags and from_file.seed == 3 and from_file.plots is False
+    seen = []
+    monkeypatch.setattr(training, "run_pipeline", lambda args: seen.append(args) or RESULTS_FOR_TABLE)
+    assert main(["train", str(tmp_path / "args.json")]) == 0
+    assert seen == [from_flags]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["train", str(tmp_path / "bad.json")]) == 2
+
+
+RESULTS_FOR_TABLE = {"dataset": "synthetic", "protocol": "fixed schedule", "czsl_acc": 70.0, "gzsl_unseen": 60.0,
+                     "gzsl_seen": 70.0, "gzsl_h": 64.6, "chance_czsl": 2.0, "stage_seconds": {"stage1": 1.0}}

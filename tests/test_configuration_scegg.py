@@ -57,3 +57,19 @@ def test_invalid_settings_name_the_field(overrides, field):
 def test_seen_without_unseen_is_rejected():
     with pytest.raises(ValueError, match="unseen_class_ids"):
         SCEGGConfig(num_classes=4, seen_class_ids=[0, 1])
+
+
+def test_absurd_sizes_in_a_model_folder_are_refused_when_loaded(tmp_path):
+    """config.json asking for 10^9 classes without names would build 10^9 ids and names before
+    anything else failed: it is refused at once, naming the field."""
+    import json
+
+    from modeling_scegg.configuration_scegg import MAX_NUM_CLASSES, MAX_WIDTH
+
+    SCEGGConfig(**tiny_config_kwargs()).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for field, value, bound in (("num_classes", 10**9, MAX_NUM_CLASSES), ("encoder_hidden_dim", 10**7, MAX_WIDTH)):
+        config = {k: v for k, v in saved.items() if k not in ("id2label", "label2id", "seen_class_ids", "unseen_class_ids")}
+        (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(ValueError, match=f"SCEGGConfig.{field} = {value} is above {bound}"):
+            SCEGGConfig.from_pretrained(tmp_path)

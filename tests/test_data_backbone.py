@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import torchvision_state_dict
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import ResNetConfig, ResNetModel
@@ -15,12 +16,14 @@ from transformers import ResNetConfig, ResNetModel
 from modeling_scegg.data.backbone import (
     ImagePreprocessor,
     RegionFeatureExtractor,
+    backbone_name,
     build_resnet101,
     convert_torchvision_resnet_state_dict,
     load_torchvision_state_dict,
     model_fingerprint,
     resnet101_config,
 )
+from modeling_scegg.errors import UserError
 
 DEPTHS = (3, 4, 23, 3)
 PLANES = (64, 128, 256, 512)
@@ -244,11 +247,11 @@ def test_pickled_code_in_pth_is_never_executed(tmp_path):
 
 
 def test_missing_weights_file_and_unknown_suffix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         build_resnet101(tmp_path / "absent.pth")
     other = tmp_path / "weights.h5"
     other.write_bytes(b"x")
-    with pytest.raises(ValueError, match="unsupported weights file"):
+    with pytest.raises(UserError, match="unsupported weights file"):
         build_resnet101(other)
 
 
@@ -257,15 +260,34 @@ def test_offline_hub_id_gives_download_instructions(monkeypatch):
     import huggingface_hub.constants
 
     assert huggingface_hub.constants.HF_HUB_OFFLINE, "tests must run offline (tests/conftest.py)"
-    with pytest.raises(OSError, match="hf download scegg-test/no-such-resnet"):
+    with pytest.raises(UserError, match="hf download scegg-test/no-such-resnet") as caught:
         build_resnet101("scegg-test/no-such-resnet")
+    assert "not in the local Hugging Face cache" in caught.value.cause
 
 
 def test_local_transformers_checkpoint_folder(tmp_path):
     model = tiny_resnet()
     model.save_pretrained(tmp_path / "ckpt")
-    loaded = build_resnet101(tmp_path / "ckpt")
+    loaded = build_resnet101(tmp_path / "ckpt")  # a transformers checkpoint says what it is
     assert model_fingerprint(loaded) == model_fingerprint(model)
+    assert model_fingerprint(build_resnet101(tmp_path / "ckpt", architecture=model.config)) == model_fingerprint(model)
+    with pytest.raises(UserError, match=r"the backbone .*ckpt is not the expected ResNet\(-101\): .*depths"):
+        build_resnet101(tmp_path / "ckpt", architecture=resnet101_config())
+
+
+def test_timm_style_folder_holds_torchvision_keys(tmp_path):
+    """timm's resnet101.* repos: config.json with "architecture" and torchvision key names in
+    model.safetensors, BatchNorm counters absent as in torchvision's old files."""
+    model = tiny_resnet()
+    tv_state = {k: v for k, v in torchvision_state_dict(model).items() if "num_batches_tracked" not in k}
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text('{"architecture": "resnet101", "num_classes": 1000}')
+    save_file(tv_state, tmp_path / "timm" / "model.safetensors")
+    loaded = build_resnet101(tmp_path / "timm", architecture=model.config)
+    assert model_fingerprint(loaded) == model_fingerprint(model)
+    with pytest.raises(UserError, match=r"timm does not hold ResNet-101 weights.*missing keys"):
+        build_resnet101(tmp_path / "timm")
+    assert backbone_name(tmp_path / "timm") == "timm" and backbone_name("timm/resnet101.tv_in1k") == "timm/resnet101.tv_in1k"
 
 
 def _reference_pixels(image: Image.Image, crop: int) -> np.ndarray:

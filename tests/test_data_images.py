@@ -295,3 +295,24 @@ def test_dataloader_workers_give_the_same_features(folder):
 def test_no_backbone_weights_is_an_error_not_a_random_network(folder):
     with pytest.raises(ValueError, match="no backbone weights given"):
         run(folder, backbone_weights=None)
+
+
+def test_pictures_are_read_by_the_one_reader(folder, tmp_path):
+    """Image-folder extraction refuses what predict refuses, with the reason, and scales 16 bits."""
+    from test_image_processing_scegg import EPS, grey16_png, strip_png, text_bomb_png
+
+    from modeling_scegg.data.backbone import ImagePreprocessor
+
+    preprocess = ImagePreprocessor(CROP)
+    (tmp_path / "figure.jpg").write_bytes(EPS)
+    Image.new("RGB", (31, 31)).save(tmp_path / "small.png")
+    bad = {"bomb.png": "unreadable image data", "strip.png": "too elongated",
+           "figure.jpg": "not a picture in an accepted format", "small.png": "too small: 31 x 31"}
+    text_bomb_png(tmp_path / "bomb.png")
+    strip_png(tmp_path / "strip.png")
+    images = images_module._ImageFiles(tmp_path, [*bad, grey16_png(tmp_path / "grey.png").name], preprocess)
+    for index, (name, reason) in enumerate(bad.items()):
+        with pytest.raises(ValueError, match=f"cannot read image .*{name}: {reason}.*rerun"):
+            images[index]
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(tmp_path / "grey8.png")
+    torch.testing.assert_close(images[len(bad)], preprocess([Image.open(tmp_path / "grey8.png")])[0])

@@ -1,6 +1,7 @@
 """modeling_scegg.hub: the model card, safe loading, offline errors, and push / pull round trips
 through the local Hub stand-in with the stock clients (the pulling side without the package)."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from safetensors.torch import save_file
 
 from modeling_scegg import hub
+from modeling_scegg.errors import UserError
 from modeling_scegg.hub import (
     HubOfflineError,
     UnsafeWeightsError,
@@ -67,7 +69,9 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
     card = ModelCard.load(folder / "README.md")
     data = card.data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag is None, "a model without backbone runs on region features, not on pictures"
+    assert data.pipeline_tag == "zero-shot-image-classification", "it ranks pictures once given its backbone"
+    assert "takes pictures only once given" in card.text and "scegg attach-backbone" in card.text
+    assert data.datasets == ["CUB"] and data.base_model is None
     assert data.license == "apache-2.0"
     assert {"custom_code", "zero-shot-learning", "sc-egg", "generalized-zero-shot-learning"} <= set(data.tags)
     assert data.model_name == "sc-egg-tiny"
@@ -94,8 +98,10 @@ def test_model_card_metadata_round_trips(tiny_model, tmp_path):
 def test_model_card_of_a_model_with_backbone_names_the_task_it_runs(tiny_image_model, tmp_path):
     folder = _save_model(tiny_image_model, tmp_path / "out")
     card = _card(folder)
-    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
     assert 'pipeline("image-classification", model="alice/sc-egg-tiny", trust_remote_code=True)' in card.text
+    assert 'pipeline("zero-shot-image-classification", model="alice/sc-egg-tiny", trust_remote_code=True)' in card.text
+    assert 'candidate_labels=["bird_1", "bird_4"]' in card.text
     assert "czsl=True" in card.text and "carries its ResNet region backbone" in card.text
 
 
@@ -115,9 +121,10 @@ def test_model_card_labels_test_selected_numbers(tiny_model, tmp_path):
 ])
 def test_model_card_rejects_bad_input(tiny_model, tmp_path, change, message):
     folder = _save_model(tiny_model, tmp_path / "out")
+    before = (folder / "README.md").read_text()
     with pytest.raises(ValueError, match=message):
         _card(folder, **change)
-    assert not (folder / "README.md").exists(), "a failed card must not leave a README behind"
+    assert (folder / "README.md").read_text() == before, "a failed card must leave the folder's card as it was"
 
 
 def test_model_card_needs_a_saved_model(tmp_path):
@@ -145,19 +152,20 @@ def test_check_safetensors_only(tmp_path):
 
 def test_push_refuses_pickles_and_incomplete_folders(tiny_model, tmp_path):
     folder = _save_model(tiny_model, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="README.md"):
-        model_files_to_push(folder)
-    _card(folder)
+    (folder / "notes.py").write_text("print('a script of my own, not remote code')")
+    files = model_files_to_push(folder)
+    assert files == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
+                     "model.safetensors", "modeling_sc_egg.py", "pipeline_scegg.py", "preprocessor_config.json",
+                     "results.json"]
+    packaged = REPO_ROOT / "modeling_scegg" / "modeling_scegg.py"
+    assert (folder / "modeling_sc_egg.py").read_text() == packaged.read_text()
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(UnsafeWeightsError, match="pytorch_model.bin"):
         model_files_to_push(folder)
     (folder / "pytorch_model.bin").unlink()
-    (folder / "modeling_scegg.py").unlink()
-    files = model_files_to_push(folder)
-    assert files == ["README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
-                     "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
-    packaged = REPO_ROOT / "modeling_scegg" / "modeling_scegg.py"
-    assert (folder / "modeling_scegg.py").read_text() == packaged.read_text()
+    (folder / "pipeline_scegg.py").unlink()
+    with pytest.raises(UserError, match=r"lacks the remote-code files \['pipeline_scegg.py'\]"):
+        model_files_to_push(folder)
 
 
 def test_offline_cache_miss_is_explained(monkeypatch):
@@ -166,7 +174,9 @@ def test_offline_cache_miss_is_explained(monkeypatch):
         load_model("alice/never-downloaded")
     message = str(caught.value)
     assert "hf download alice/never-downloaded --local-dir ./never-downloaded" in message
-    assert "HF_HUB_OFFLINE" in message and caught.value.__cause__ is not None
+    assert "HF_HUB_OFFLINE" in message and caught.value.client_error is not None
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__, "one message, no chained tracebacks"
+    assert len(message.splitlines()) == 2, "cause and remedy, one line each"
     with pytest.raises(ConnectionError) as caught:
         datasets.load_dataset("alice/never-downloaded-features", "features")
     advice = str(explain_offline_error(caught.value, "alice/never-downloaded-features", repo_type="dataset"))
@@ -306,7 +316,7 @@ def test_push_and_pull_without_the_package(hub_endpoint: HubStandIn, tiny_model,
     model_repo = hub_endpoint.repos[("model", "alice/sc-egg-tiny")]
     assert sorted(model_repo.commits[model_repo.branches["main"]].files) == [
         ".gitattributes", "README.md", "config.json", "configuration_scegg.py", "image_processing_scegg.py",
-        "model.safetensors", "modeling_scegg.py", "pipeline_scegg.py", "results.json"]
+        "model.safetensors", "modeling_sc_egg.py", "pipeline_scegg.py", "preprocessor_config.json", "results.json"]
 
     pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pull", with_package=False,
                         tolerated_hosts=(DATASET_VIEWER_HOST,))
@@ -335,10 +345,88 @@ def test_offline_advice_download_command_works(hub_endpoint: HubStandIn, tiny_mo
     hub_endpoint.add_files("model", "alice/advice",
                            {name: (folder / name).read_bytes() for name in model_files_to_push(folder)})
     advice = str(explain_offline_error(OfflineModeIsEnabled("offline"), "alice/advice"))
-    command = re.search(r"^\s+(hf download .*)$", advice, flags=re.M).group(1).split()
+    command = re.search(r"`(hf download [^`]*)`", advice).group(1).split()
     code = f"import sys\nfrom huggingface_hub.cli.hf import main\nsys.argv = {command!r}\nmain()\n"
     run_client(code, hub_endpoint.endpoint, tmp_path, name="advice")
     loaded = load_model(tmp_path / "advice")
     regions = torch.rand(2, tiny_model.config.num_regions, tiny_model.config.feature_dim)
     with torch.no_grad():
         assert torch.equal(loaded(regions).logits, tiny_model(regions).logits)
+
+
+# -- cards that say what happened ------------------------------------------------------------------------------
+@pytest.mark.parametrize("selection, label", [
+    (None, "honest, fixed schedule]"),
+    ({"calibration": {"seen_score_offset": 0.3}}, "honest, fixed schedule, calibration on validation]"),
+    ({"gzsl_epochs": 3, "czsl_epochs": 2, "calibration": {"seen_score_offset": 0.3}}, "honest, validation selection]"),
+])
+def test_card_protocol_is_the_one_the_run_used(tiny_model, tmp_path, selection, label):
+    """A default run (only the calibration offset chosen on validation) is not said to have
+    selected epochs there; the run's own account of its protocol is quoted."""
+    folder = tmp_path / "out"
+    tiny_model.save_pretrained(folder)
+    record = {**RESULTS, "dataset": "CUB", "protocol": "the run's own words",
+              "training_args": {"seed": 1, "data_dir": "/home/me/data"}, **({"selection": selection} if selection else {})}
+    (folder / "results.json").write_text(json.dumps(record))
+    card = hub.write_model_card(folder)
+    assert all(r.metric_name.endswith(f"[{label}") for r in card.data.eval_results)
+    assert "As the run recorded it: the run's own words." in card.text
+    assert "/home/me/data" not in card.text and '"seed": 1' in card.text
+    if selection is None or "gzsl_epochs" not in selection:
+        assert "epochs were selected" not in card.text.lower()
+
+
+def test_card_of_an_unmeasured_model_reports_no_metrics(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "fresh")
+    card = ModelCard.load(tmp_path / "fresh" / "README.md")
+    assert card.data.eval_results is None and "No metrics" in card.text
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.license == "apache-2.0"
+
+
+def test_base_model_is_the_backbones_hub_id(tiny_image_model, tmp_path):
+    tiny_image_model.config.backbone_config._name_or_path = "microsoft/resnet-101"
+    tiny_image_model.save_pretrained(tmp_path / "m")
+    assert ModelCard.load(tmp_path / "m" / "README.md").data.base_model == "microsoft/resnet-101"
+    assert hub.backbone_hub_id({"backbone_config": {"_name_or_path": "/home/me/resnet"}}) is None
+    assert hub.backbone_hub_id({"backbone_name": "timm/resnet101.a1h_in1k"}) == "timm/resnet101.a1h_in1k"
+
+
+def test_a_failed_push_leaves_no_card_naming_its_repo(tiny_model, tmp_path, monkeypatch):
+    """The card is written for the repo in a staging copy: a push that fails changes nothing, and
+    the next push to another repo publishes a card naming that repo only."""
+    folder = tmp_path / "out"
+    tiny_model.save_pretrained(folder)
+    (folder / "results.json").write_text(json.dumps({**RESULTS, "training_args": {"seed": 1, "data_dir": "/home/me"}}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    uploaded = []
+
+    def create_repo(self, repo_id, **kwargs):
+        if repo_id == "alice/failed":
+            raise ConnectionError("the Hub went away")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.append((repo_id, (Path(folder_path) / "README.md").read_text(), sorted(os.listdir(folder_path))))
+        record = json.loads((Path(folder_path) / "results.json").read_text())
+        assert record["training_args"] == {"seed": 1}, "paths of the training machine stay local"
+        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
+    with pytest.raises(ConnectionError):
+        hub.push_model(folder, "alice/failed")
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert hub.push_model(folder, "alice/ok") == "https://hub/alice/ok/commit/1"
+    repo, card, files = uploaded[0]
+    assert repo == "alice/ok" and '"alice/ok"' in card and "alice/failed" not in card
+    assert files == hub.model_files_to_push(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".push-")]
+
+
+def test_a_local_path_is_never_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    for name in ("./outz", "outz", str(tmp_path / "outz"), "../a/b", "a/b/c"):
+        with pytest.raises(UserError, match="no such model folder") as caught:
+            hub.local_model_folder(name)
+        assert "hf download" not in str(caught.value)
+    assert hub.is_hub_id("alice/sc-egg") and not hub.is_hub_id("./alice") and not hub.is_hub_id(str(tmp_path))

@@ -324,9 +324,9 @@ def test_auto_classes_and_auto_map(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_scegg.SCEGGConfig",
-                                  "AutoModel": "modeling_scegg.SCEGGModel",
-                                  "AutoModelForImageClassification": "modeling_scegg.SCEGGForImageClassification"}
-    assert {"configuration_scegg.py", "modeling_scegg.py"} <= {p.name for p in tmp_path.iterdir()}
+                                  "AutoModel": "modeling_sc_egg.SCEGGModel",
+                                  "AutoModelForImageClassification": "modeling_sc_egg.SCEGGForImageClassification"}
+    assert {"configuration_scegg.py", "modeling_sc_egg.py"} <= {p.name for p in tmp_path.iterdir()}
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SCEGGConfig)
     assert type(AutoModel.from_pretrained(tmp_path)) is SCEGGModel
     image_model = AutoModelForImageClassification.from_pretrained(tmp_path)

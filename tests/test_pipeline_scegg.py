@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_image_processor, tiny_resnet
 from hub_server import HubStandIn, hub_endpoint, hub_server, run_client  # noqa: F401 - fixtures are used by name
 from PIL import Image
@@ -55,7 +56,7 @@ def test_pipeline_from_the_hub_without_the_package(hub_endpoint: HubStandIn, tmp
     pulled = run_client(PULL, hub_endpoint.endpoint, work, name="pipeline", with_package=False)
     report = json.loads(pulled.stdout.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules") for module in report["modules"]), report["modules"]
-    assert report["pipeline_tag"] == "image-classification"
+    assert report["pipeline_tag"] == "zero-shot-image-classification"
     # the snippet prints top_k=5 over all 6 classes, then the 2 unseen classes (top_k capped)
     assert pulled.stdout.count("'label': 'bird_") == 5 + 2, "the card's pipeline snippet did not print its rankings"
     local = pipeline("image-classification", model=str(folder), trust_remote_code=True)
@@ -66,3 +67,86 @@ def test_pipeline_from_the_hub_without_the_package(hub_endpoint: HubStandIn, tmp
     assert {r["label"] for r in report["czsl"]} == {"bird_1", "bird_4"}
     assert len(report["gzsl"]) == 6
     assert not re.search(r"not supported for image-classification", pulled.stderr)
+
+
+def test_zero_shot_pipeline_ranks_among_the_candidate_labels(tmp_path):
+    """As CLIP's pipeline: the named classes only, best first, scores a softmax over them (sum 1),
+    equal to the GZSL logits restricted to the candidates."""
+    import torch
+
+    from modeling_scegg import SCEGGForImageClassification
+
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "m",
+                        tiny_image_processor())
+    ranker = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (80, 90, 3), dtype=np.uint8))
+    candidates = ["bird_4", "bird_0", "bird_2"]
+    ranked = ranker(image, candidate_labels=candidates)
+    assert sorted(r["label"] for r in ranked) == sorted(candidates)
+    assert sum(r["score"] for r in ranked) == pytest.approx(1.0, abs=1e-6)
+    model = SCEGGForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**tiny_image_processor()(image, return_tensors="pt")).logits[0]
+    expected = torch.softmax(logits[[4, 0, 2]], -1)
+    by_label = {r["label"]: r["score"] for r in ranked}
+    np.testing.assert_allclose([by_label[c] for c in candidates], expected.numpy(), atol=1e-6)
+    assert [r["score"] for r in ranked] == sorted(by_label.values(), reverse=True)
+    assert len(ranker([image, image], candidate_labels=["bird_1"])) == 2
+
+
+def test_zero_shot_pipeline_says_how_to_add_an_unknown_class(tmp_path):
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()), tmp_path / "m",
+                        tiny_image_processor())
+    ranker = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\['kiwi'\] is not a class of this model.*scegg add-classes.*add_classes"):
+        ranker(image, candidate_labels=["bird_1", "kiwi"])
+    with pytest.raises(ValueError, match="candidate_labels is required"):
+        ranker(image)
+
+
+@pytest.fixture(scope="module")
+def pipe_and_folder(tmp_path_factory):
+    folder = save_model(attach_backbone(region_model(), tiny_resnet(), tiny_image_processor()),
+                        tmp_path_factory.mktemp("model"), tiny_image_processor())
+    return pipeline("image-classification", model=str(folder), trust_remote_code=True), folder
+
+
+def test_one_rotated_jpeg_gives_the_backbone_the_same_pixels_on_every_path(pipe_and_folder, tmp_path):
+    """Issue 16.3: scegg predict, image-folder extraction and the pipeline (path, PIL image, bytes
+    as base64) read the EXIF-rotated picture upright, into identical pixel_values."""
+    import base64
+
+    from test_image_processing_scegg import rotated_jpeg
+
+    from modeling_scegg.data.backbone import ImagePreprocessor
+    from modeling_scegg.data.images import _ImageFiles
+    from modeling_scegg.prediction import read_picture
+
+    pipe, _ = pipe_and_folder
+    path = rotated_jpeg(tmp_path / "rotated.jpg", size=(150, 100))
+    processor = tiny_image_processor()
+    paths = {
+        "predict": read_picture(path, processor),
+        "extraction": _ImageFiles(tmp_path, [path.name], ImagePreprocessor(processor.crop_size.height))[0],
+        "pipeline (path)": pipe.preprocess(str(path))["pixel_values"][0],
+        "pipeline (PIL image)": pipe.preprocess(Image.open(path))["pixel_values"][0],
+        "pipeline (base64)": pipe.preprocess(base64.b64encode(path.read_bytes()).decode())["pixel_values"][0],
+    }
+    upright = processor(Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_270),
+                        return_tensors="pt")["pixel_values"][0]
+    sideways = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert not torch.equal(upright, sideways)
+    for name, pixels in paths.items():
+        assert torch.equal(pixels, upright), name
+
+
+@pytest.mark.parametrize("size", [(1, 1), (31, 31)])
+def test_the_pipeline_refuses_what_predict_refuses(pipe_and_folder, tmp_path, size):
+    from modeling_scegg.image_processing_scegg import UnusableImage
+
+    pipe, _ = pipe_and_folder
+    Image.new("RGB", size, (200, 10, 10)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=f"too small: {size[0]} x {size[1]}") as refused:
+        pipe(str(tmp_path / "small.png"))
+    assert type(refused.value).__name__ == UnusableImage.__name__

@@ -16,8 +16,11 @@ ran on random weights would predict noise while looking fine):
 * a torchvision state dict file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` read with
   ``torch.load(weights_only=True)`` (never plain unpickling), e.g. ``resnet101-63fe2227.pth``
   (IMAGENET1K_V1, what the paper's features were computed with).
-* a transformers ResNet checkpoint: a local folder with ``config.json`` or a Hub id such as
-  ``"microsoft/resnet-101"`` (through ``ResNetModel.from_pretrained``).
+* a checkpoint folder or Hub id: transformers' ResNet layout (``config.json`` with model_type
+  "resnet", e.g. ``"microsoft/resnet-101"``, through ``ResNetModel.from_pretrained``), or a
+  torchvision-layout ``model.safetensors`` / ``pytorch_model.bin`` (timm's ``resnet101.*`` repos,
+  e.g. ``"timm/resnet101.tv_in1k"``, torchvision's ImageNet weights), downloaded through the Hub
+  cache (``hf_hub_download``).
 
 Preprocessing (:class:`ImagePreprocessor`, i.e. the model's ``SCEGGImageProcessor``) follows the
 common ZSL region-feature pipeline pixel for pixel: resize the short side to the crop size
@@ -27,19 +30,21 @@ CenterCrop / ToTensor / Normalize.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import ResNetConfig, ResNetModel
 
+from ..errors import UserError
 from ..image_processing_scegg import SCEGGImageProcessor
 
 DEFAULT_CROP_SIZE = 448
@@ -108,6 +113,10 @@ def convert_torchvision_resnet_state_dict(
             converted[new_key] = tensor
     with torch.device("meta"):
         reference = ResNetModel(config or resnet101_config()).state_dict()
+    for key in set(reference) - set(converted):
+        # absent from torchvision's older files; what BatchNorm itself fills in when loading them
+        if key.endswith("num_batches_tracked"):
+            converted[key] = torch.zeros((), dtype=torch.long)
     missing = sorted(set(reference) - set(converted))
     unexpected = sorted(set(converted) - set(reference))
     wrong_shape = [
@@ -154,18 +163,114 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
     )
 
 
-def _from_pretrained(name_or_path: str) -> ResNetModel:
-    """Load a transformers ResNet checkpoint, explaining how to get it when it is not at hand."""
+_ARCHITECTURE_FIELDS = ("embedding_size", "hidden_sizes", "depths", "layer_type", "downsample_in_bottleneck")
+_STATE_DICT_FILES = ("model.safetensors", "pytorch_model.bin")  # a timm / torchvision-layout checkpoint
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hub model id ("owner/name") rather than a local path."""
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def backbone_name(weights: str | os.PathLike) -> str:
+    """How configs and feature files name a backbone: the Hub id as given, else the file or folder
+    name (a local path says nothing on another machine and may reveal the user's folders)."""
+    text = str(weights)
+    return text if text == RANDOM_BACKBONE or is_hub_id(text) else Path(text).name
+
+
+def _offline_error(name: str, error: Exception) -> UserError:
+    return UserError(
+        f"the backbone {name!r} is not in the local Hugging Face cache and cannot be downloaded ({error})",
+        f"download it once where there is network access (`hf download {name}`, it lands in the same cache), "
+        "or pass a local torchvision ResNet-101 file (.safetensors / .pth, e.g. resnet101-63fe2227.pth "
+        "from download.pytorch.org/models/) or checkpoint folder",
+    )
+
+
+def _hub_file(repo_id: str, filename: str) -> Path | None:
+    """One file of a Hub model repo through the Hub cache; None when the repo does not hold it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except RemoteEntryNotFoundError:
+        return None
+    except RepositoryNotFoundError as error:
+        raise UserError(f"the backbone {repo_id!r} is no model repo on the Hub ({error})",
+                        "check the id, e.g. timm/resnet101.tv_in1k (torchvision's ImageNet weights)") from error
+    except OSError as error:  # offline without a cached copy, or the Hub unreachable
+        raise _offline_error(repo_id, error) from error
+
+
+def _pretrained(name_or_path: str | Path) -> ResNetModel:
+    """transformers' loader, with the same advice as a missing Hub file when it cannot fetch."""
     try:
         return ResNetModel.from_pretrained(name_or_path)
     except OSError as error:
-        raise OSError(
-            f"'{name_or_path}' is neither a weights file nor a loadable transformers ResNet checkpoint "
-            f"(folder or Hub id): {error}. Offline, download the checkpoint "
-            f"first where there is network access, e.g. `hf download {name_or_path} --local-dir "
-            f"<folder>`, and pass that folder; or pass a torchvision ResNet-101 state dict "
-            f"(.safetensors or .pth, e.g. resnet101-63fe2227.pth from download.pytorch.org/models/)."
-        ) from error
+        raise _offline_error(str(name_or_path), error) from error
+
+
+def _from_checkpoint(name: str, config_file: Path | None, weights_file: Callable[[str], Path | None],
+                     architecture: ResNetConfig | None) -> ResNetModel:
+    """A checkpoint folder or Hub repo: transformers' own ResNet layout (config.json with
+    model_type "resnet", e.g. microsoft/resnet-101) loads with from_pretrained; any other (timm's
+    resnet101.*: config.json with "architecture", torchvision key names) as a state dict file."""
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file is not None else {}
+    if config.get("model_type") == "resnet":
+        return _pretrained(name)
+    for filename in _STATE_DICT_FILES:
+        path = weights_file(filename)
+        if path is not None:
+            return _from_state_dict_file(path, name, architecture)
+    raise UserError(f"{name} holds neither a transformers ResNet (config.json with model_type 'resnet') nor a "
+                    f"torchvision-layout state dict ({' / '.join(_STATE_DICT_FILES)})",
+                    "pass a ResNet-101 checkpoint, e.g. timm/resnet101.tv_in1k or a resnet101-*.pth file")
+
+
+def _from_state_dict_file(path: Path, name: str, architecture: ResNetConfig | None = None) -> ResNetModel:
+    try:
+        state_dict = convert_torchvision_resnet_state_dict(load_torchvision_state_dict(path), architecture)
+    except ValueError as error:
+        raise UserError(f"the backbone {name} does not hold ResNet-101 weights in torchvision's layout: {error}",
+                        "pass torchvision's ImageNet ResNet-101 (resnet101-63fe2227.pth, or its Hub copy "
+                        "timm/resnet101.tv_in1k)") from error
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    with torch.device("meta"):
+        model = ResNetModel(architecture or resnet101_config())
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
+
+def _load_named(weights: str, architecture: ResNetConfig | None) -> ResNetModel:
+    """A weights file, a checkpoint folder or a Hub id (see :func:`build_resnet101`)."""
+    path = Path(weights)
+    if path.is_file():
+        return _from_state_dict_file(path, weights, architecture)
+    if path.suffix in (".safetensors", *TORCH_CHECKPOINT_SUFFIXES):
+        raise UserError(f"backbone weights file not found: {weights}", "check the path")
+    if path.is_dir():
+        config_file = path / "config.json"
+        return _from_checkpoint(weights, config_file if config_file.is_file() else None,
+                                lambda name: path / name if (path / name).is_file() else None, architecture)
+    if not is_hub_id(weights):
+        raise UserError(f"the backbone {weights!r} is neither a file, a folder nor a Hub id",
+                        "pass a torchvision ResNet-101 file, a checkpoint folder or a Hub id such as "
+                        "timm/resnet101.tv_in1k")
+    return _from_checkpoint(weights, _hub_file(weights, "config.json"), lambda name: _hub_file(weights, name),
+                            architecture)
+
+
+def _check_architecture(model: ResNetModel, name: str, expected: ResNetConfig) -> None:
+    """A checkpoint of another ResNet (a ResNet-50, another width) is refused by name."""
+    wrong = {f: getattr(model.config, f, None) for f in _ARCHITECTURE_FIELDS
+             if getattr(model.config, f, None) != getattr(expected, f)}
+    if wrong:
+        raise UserError(f"the backbone {name} is not the expected ResNet(-101): {wrong} (expected "
+                        f"{ {f: getattr(expected, f) for f in wrong} })",
+                        "pass ResNet-101 weights, e.g. timm/resnet101.tv_in1k or resnet101-63fe2227.pth")
 
 
 def random_resnet101() -> ResNetModel:
@@ -176,25 +281,25 @@ def random_resnet101() -> ResNetModel:
         return ResNetModel(resnet101_config()).eval()
 
 
-def build_resnet101(weights: str | os.PathLike) -> ResNetModel:
-    """ResNet-101 in eval mode from a torchvision file, a transformers checkpoint, or ``"random"``."""
+def build_resnet101(weights: str | os.PathLike, *, architecture: ResNetConfig | None = None) -> ResNetModel:
+    """ResNet-101 in eval mode from a weights file, a checkpoint folder, a Hub id, or ``"random"``.
+
+    A Hub id (``timm/resnet101.tv_in1k``: torchvision's weights in timm's layout, which is
+    torchvision's; ``microsoft/resnet-101``: transformers' layout) is downloaded through the Hub
+    cache like any model, and offline without a cached copy the error says what to download.
+    ``architecture`` is the network the weights must be (refused with the backbone's name
+    otherwise): None reads torchvision-layout files as ResNet-101 and takes a transformers
+    checkpoint's own config; the benchmark extraction demands ResNet-101 (tests pass small nets).
+    """
     if weights is None:
-        raise ValueError(
-            "no backbone weights given: pass a torchvision ResNet-101 file (.pth / .safetensors), a transformers "
-            f"ResNet folder or Hub id, or {RANDOM_BACKBONE!r} for random weights (tests and benchmarks only)"
-        )
+        raise ValueError("no backbone weights given: pass a torchvision ResNet-101 file (.pth / .safetensors), a "
+                         "checkpoint folder or a Hub id such as timm/resnet101.tv_in1k, or "
+                         f"{RANDOM_BACKBONE!r} for random weights (tests only)")
     if str(weights) == RANDOM_BACKBONE:
         return random_resnet101()
-    if Path(weights).is_file():
-        state_dict = convert_torchvision_resnet_state_dict(load_torchvision_state_dict(weights))
-        state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-        with torch.device("meta"):
-            model = ResNetModel(resnet101_config())
-        model.load_state_dict(state_dict, strict=True, assign=True)
-    elif Path(weights).suffix in (".safetensors", *TORCH_CHECKPOINT_SUFFIXES):
-        raise FileNotFoundError(f"backbone weights file not found: {weights}")
-    else:
-        model = _from_pretrained(str(weights))
+    model = _load_named(str(weights), architecture)
+    if architecture is not None:
+        _check_architecture(model, str(weights), architecture)
     return model.eval()
 
 

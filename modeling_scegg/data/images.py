@@ -61,12 +61,12 @@ from typing import Iterator
 import numpy as np
 import torch
 from datasets import Dataset
-from PIL import Image, UnidentifiedImageError
-from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 from transformers import ResNetModel
 
 from ..atomic import atomic_path, atomic_write_text
+from ..image_processing_scegg import UnusableImage, load_picture
+from ..optional import import_optional
 from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
@@ -180,7 +180,8 @@ def normalized_attributes(table: ClassTable) -> np.ndarray:
     zero = np.flatnonzero(np.linalg.norm(table.attributes, axis=1) == 0)
     if len(zero):
         raise ValueError(f"classes {[table.class_names[i] for i in zero]} have all-zero attributes")
-    return normalize(table.attributes, norm="l2").astype(np.float32)
+    preprocessing = import_optional("sklearn.preprocessing", "plots", "normalising class attributes")
+    return preprocessing.normalize(table.attributes, norm="l2").astype(np.float32)
 
 
 def list_images(image_dir: str | os.PathLike, class_names: list[str]) -> dict[str, list[str]]:
@@ -287,12 +288,15 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """The picture read as every path reads it (:func:`load_picture`: formats, sizes, EXIF
+        orientation, 16-bit scaling), preprocessed; an unusable one stops the extraction, naming
+        it (finished chunks are kept, so a rerun resumes)."""
         path = self.image_dir / self.files[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
+            image = load_picture(path, getattr(getattr(self.preprocess, "processor", None), "decode_size", None))
+        except UnusableImage as error:
+            raise ValueError(f"cannot read image {path}: {error}; remove or replace it and rerun "
+                             f"(the chunks already extracted are kept)") from error
         return self.preprocess([image])[0]
 
 

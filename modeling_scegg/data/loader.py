@@ -15,25 +15,23 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import datasets.config
 import numpy as np
 from datasets import DatasetDict
 from filelock import FileLock
 from huggingface_hub import HfApi
+from transformers import ResNetModel
 
 from .attribute_text import ensure_word_vectors
-from .backbone import model_fingerprint
+from .backbone import backbone_name, model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
 from .images import load_image_folder
 from .semantics import ClassSemantics, ZSLDataset, build_semantics, clip_negative
 from .synthetic import SyntheticConfig, write_synthetic_splits
-from .xlsa17 import StandardFiles, convert_standard, find_standard_files
-
-if TYPE_CHECKING:
-    from transformers import ResNetModel
+from .xlsa17 import StandardFiles, convert_standard, find_standard_files, read_feature_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +102,10 @@ def _load_standard(name: str, data_dir: str | os.PathLike | None, cache_dir: Pat
     files: StandardFiles = find_standard_files(name, data_dir)
     parts = {key: file_fingerprint(value) for key, value in vars(files).items() if key != "name"}
     out_dir = cache_dir / f"{name}-{_digest(parts)}"
-    return _materialise(out_dir, name, lambda out: convert_standard(files, out), {"standard": parts})
+    dataset = _materialise(out_dir, name, lambda out: convert_standard(files, out), {"standard": parts})
+    # the HDF5 says which backbone computed it, so the trained model knows it (attach-backbone checks it)
+    dataset.feature_backbone, dataset.feature_backbone_name = read_feature_backbone(files.region_hdf5)
+    return dataset
 
 
 def _hub_revision_sha(repo_id: str, revision: str | None) -> str | None:
@@ -168,7 +169,8 @@ def _load_images(
     if not np.array_equal(semantics.unseen_class_ids, result.unseen_class_ids):
         raise ValueError(f"{class_attributes_file}: is_unseen disagrees with the classes found in test_unseen")
     return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics,
-                      feature_backbone=result.backbone)
+                      feature_backbone=result.backbone,
+                      feature_backbone_name=None if isinstance(image_backbone, ResNetModel) else backbone_name(image_backbone))
 
 
 def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:

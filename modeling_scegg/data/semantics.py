@@ -99,6 +99,7 @@ class ZSLDataset:
     semantics: ClassSemantics
     # the backbone that computed the region features ("sha256:..."), when the source says
     feature_backbone: str | None = None
+    feature_backbone_name: str | None = None  # its Hub id or file name, when the source says
 
     @property
     def num_regions(self) -> int:

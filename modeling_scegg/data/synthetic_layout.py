@@ -23,11 +23,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import scipy.io
 
 from ..atomic import atomic_path
+from ..optional import import_optional
 from .synthetic import (
     SyntheticConfig,
     SyntheticWorld,
@@ -115,6 +115,7 @@ def _write_feature_map(path: Path, world: SyntheticWorld, labels: np.ndarray, co
     """Render every image and store (N, D, H, W) float32 like the common preprocessing does."""
     height, width = grid
     step = max(1, _WRITE_BLOCK_BYTES // (config.num_regions * config.feature_dim * 4))
+    h5py = import_optional("h5py", "hdf5", "writing the HDF5 region features of the synthetic layout")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         maps = f.create_dataset("feature_map", (len(labels), config.feature_dim, height, width), dtype="float32")
         for chunk, begin in enumerate(range(0, len(labels), step)):

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import h5py
 import numpy as np
 import scipy.io
 
+from ..optional import import_optional
 from .semantics import ClassSemantics, build_semantics
 from .store import region_feature_features, write_split
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
@@ -161,6 +161,7 @@ class RegionHDF5:
         if not self.path.is_file():
             raise FileNotFoundError(f"region-feature HDF5 not found: {self.path}")
         try:
+            h5py = import_optional("h5py", "hdf5", "reading HDF5 region features")
             self._file = h5py.File(self.path, "r")
         except OSError as error:
             raise ValueError(f"{self.path}: not a readable HDF5 file ({error})") from error
@@ -212,6 +213,16 @@ class RegionHDF5:
                 bad = block[~np.isfinite(regions).all(axis=(1, 2))]
                 raise ValueError(f"{self.path}: field 'feature_map' has NaN or Inf values for images {bad[:10].tolist()}")
             yield regions
+
+
+def read_feature_backbone(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """The backbone a region-feature HDF5 records (``scegg extract`` writes its fingerprint and
+    name as attributes), as ``(feature_backbone, feature_backbone_name)``; (None, None) for files
+    that do not say, e.g. the authors' own."""
+    h5py = import_optional("h5py", "hdf5", "reading HDF5 region features")
+    with h5py.File(path, "r") as h5:
+        fingerprint, name = h5.attrs.get("feature_backbone"), h5.attrs.get("feature_backbone_name")
+    return (None if fingerprint is None else str(fingerprint)), (None if name is None else str(name))
 
 
 def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:

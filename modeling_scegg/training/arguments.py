@@ -59,8 +59,8 @@ class SCEGGTrainingArguments:
     class_attributes_file: str | None = field(default=None, metadata={"help": (
         "for an image-folder --dataset: the classes CSV (class_name, is_unseen, attributes...)")})
     image_backbone: str | None = field(default=None, metadata={"help": (
-        "for an image folder (required there): torchvision ResNet-101 weights file, a transformers ResNet folder / Hub id, "
-        "or 'random' (tests only)")})
+        "for an image folder (required there): torchvision ResNet-101 weights file, a checkpoint folder, a Hub id "
+        "(timm/resnet101.tv_in1k: torchvision's ImageNet weights; microsoft/resnet-101), or 'random' (tests only)")})
     attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": (
         "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors")})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
@@ -226,7 +226,9 @@ def parse_training_args(argv: Sequence[str] | None = None, prog: str = "scegg tr
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser(SCEGGTrainingArguments, prog=prog,
                               description="Train SC-EGG stage by stage (Accelerate); "
-                                          "--dataset and --config set the defaults shown.")
+                                          "--dataset and --config set the defaults shown.",
+                              epilog=f"shipped presets (--config NAME): {', '.join(shipped_presets())}. "
+                                     "`scegg train ARGS.json` reads these flags from a JSON object.")
     default = None if known.config else DEFAULT_PRESETS.get(known.dataset.upper())
     preset = dataset_preset(known.config, known.dataset)
     parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))

@@ -5,23 +5,68 @@ and global RNG states; our own per-process random streams and counters go beside
 safetensors (nothing here is unpickled beyond what Accelerate loads with `weights_only=True`).
 Each checkpoint is written into a temporary folder and renamed into place, so a folder that
 exists is complete. After a stage finishes, a snapshot of the whole model plus the feature cache
-is kept instead, and the stage's step checkpoints are dropped.
+is kept instead, and the stage's step checkpoints are dropped. A disk that fills up while a
+checkpoint is written is reported as such (:class:`DiskFullError`), not as torch's
+"basic_ios::clear: iostream error"; the unfinished checkpoint is removed and the last complete one
+kept. The manager also holds the run's lock and checks its identity (:mod:`.run_lock`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from .run_lock import check_run_identity, hold_run_lock
+
 STAGES = ("stage1", "stage2", "stage3", "classifiers")
+_WRITE_FAILURES = ("iostream error", "failed writing", "file write failed", "No space left")
+_LOW_SPACE = 256 * 2**20  # below it, a write that failed without an errno is taken for a full disk
+
+
+class DiskFullError(OSError):
+    """The disk of the output folder filled up while a checkpoint was written."""
+
+
+def _is_disk_full(error: BaseException, folder: Path) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or torch's and safetensors' errno-less write
+    failures when the disk is (nearly) full."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain):
+        return True
+    if not any(text in str(e) for e in chain for text in _WRITE_FAILURES):
+        return False
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free < _LOW_SPACE
+
+
+@contextmanager
+def _writing(tmp: Path) -> Iterator[None]:
+    """Remove the unfinished checkpoint folder when writing fails, and say "disk full" as such."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(error, tmp):
+            existing = next((p for p in (tmp, *tmp.parents) if p.exists()), Path("/"))
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"the disk is full: writing the checkpoint {tmp.name.removesuffix('.tmp')} in {tmp.parent} failed "
+                f"({shutil.disk_usage(existing).free // 2**20} MB free). Free some space (or choose an --output_dir "
+                f"on another disk) and rerun with --resume true: the last complete checkpoint is kept") from error
+        raise
 
 
 @dataclass
@@ -56,6 +101,27 @@ class CheckpointManager:
 
     def __init__(self, output_dir: str | os.PathLike):
         self.root = Path(output_dir) / "checkpoints"
+        self.lock = None
+
+    @contextmanager
+    def held_for_the_run(self, is_main_process: bool) -> Iterator[None]:
+        """Take the output folder's run lock (the main process) for the checks of the block: it
+        is released when they fail, else held until :meth:`release` (the end of the run)."""
+        self.lock = hold_run_lock(self.root.parent) if is_main_process else None
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def check_identity(self, identity: dict[str, Any], resume: bool, is_main_process: bool) -> None:
+        """Refuse to resume a run made with other data or settings; record a fresh run's identity."""
+        check_run_identity(self.root, identity, resume, write=is_main_process)
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -83,8 +149,9 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        state.save(tmp, accelerator.process_index)
+        with _writing(tmp):
+            accelerator.save_state(str(tmp))
+            state.save(tmp, accelerator.process_index)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             os.replace(tmp, final)
@@ -107,7 +174,8 @@ class CheckpointManager:
             tmp = final.with_name(final.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            write_snapshot(tmp)
+            with _writing(tmp):
+                write_snapshot(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             shutil.rmtree(self.stage_dir(stage), ignore_errors=True)

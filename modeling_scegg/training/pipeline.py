@@ -20,12 +20,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_text
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
 from ..data.store import RegionFeatureReader
 from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
+from ..optional import require_plots
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .checkpointing import STAGES, CheckpointManager
 from .classifiers import (
@@ -35,6 +35,7 @@ from .classifiers import (
 )
 from .common import RunContext, silence_noisy_loggers
 from .preset_choice import choose_preset, resolve_preset_choice
+from .run_lock import run_identity, run_locked
 from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
@@ -95,6 +96,7 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
         fixed["attribute_encoder"] = semantics.attribute_encoder
     if data.feature_backbone is not None:
         fixed["feature_backbone"] = data.feature_backbone
+        fixed["feature_backbone_name"] = data.feature_backbone_name
     clash = sorted(k for k in fixed if k in overrides and overrides[k] != fixed[k])
     if clash:
         raise ValueError(f"model overrides {clash} contradict the sizes read from dataset {data.name}")
@@ -147,7 +149,7 @@ def _scale(model: SCEGGModel, caches: dict[str, dict[str, torch.Tensor]]) -> Non
 
 def _save_snapshot(ctx: RunContext, caches, progress: dict):
     def write(folder: Path) -> None:
-        ctx.model.save_pretrained(folder)
+        ctx.model.save_weights_and_code(folder)  # a resumable snapshot, not a model folder to share
         flat = {f"{split}/{k}": v.contiguous() for split, cache in caches.items() for k, v in cache.items()}
         save_file(flat, str(folder / _CACHE_FILE))
         (folder / _PROGRESS_FILE).write_text(json.dumps({**progress, "history": ctx.history}))
@@ -182,8 +184,9 @@ def run_pipeline(args: SCEGGTrainingArguments) -> dict[str, Any]:
     """Train every stage and evaluate (what `scegg train` and examples/train_stages.py run);
     returns the results written to `results.json`."""
     data = load_data(args)
-    args, selection = choose_on_validation(args, data)
-    return train_and_evaluate(args, data, selection=selection)[0]
+    with run_locked(args.output_dir):  # from the validation view's run to the end of the real one
+        args, selection = choose_on_validation(args, data)
+        return train_and_evaluate(args, data, selection=selection)[0]
 
 
 def resolve_calibration(calibration: str, data: ZSLDataset) -> str:
@@ -283,9 +286,13 @@ class Run:
 
 def start_run(args: SCEGGTrainingArguments, data: ZSLDataset, selection: dict | None = None, view: bool = False) -> Run:
     """A fresh model with the data's class semantics, or the newest snapshot with `--resume`."""
+    if args.plots:
+        require_plots()
     accelerator = _run_accelerator(args)
     checkpoints = CheckpointManager(args.output_dir)
-    _check_output_dir(args, checkpoints)
+    with checkpoints.held_for_the_run(accelerator.is_main_process):  # one run per folder, until finish_run
+        _check_output_dir(args, checkpoints)
+        checkpoints.check_identity(run_identity(args, data), args.resume, accelerator.is_main_process)
     set_seed(args.seed)
     config = build_config(data, args.model_config_overrides())
     finished = checkpoints.last_finished_stage() if args.resume else None
@@ -384,6 +391,7 @@ def finish_run(run: Run) -> dict[str, Any]:
         _write_outputs(ctx, run.data, run.caches, results)
     ctx.accelerator.wait_for_everyone()
     ctx.accelerator.end_training()
+    ctx.checkpoints.release()
     return results
 
 
@@ -443,30 +451,22 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
 
 
 def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str, Any]) -> None:
-    """Final model, results.json, plots and model card in `output_dir` (main process only)."""
+    """Final model folder with results.json and card, plots (and push) in `output_dir` (main
+    process only)."""
     from ..export import attach_backbone, save_model
-    from ..hub import build_model_card, push_model
+    from ..hub import push_model
     from ..reporting import write_plots
 
     out = Path(ctx.args.output_dir)
     # pictures in: an image folder's extraction backbone travels with the model, with its image processor
     image_folder = ctx.args.class_attributes_file is not None
-    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out,
+               results={**results, "feature_extractor": _feature_extractor(data)})
     if ctx.args.plots:
         dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
         write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
-    public_args = {k: v for k, v in results["training_args"].items() if k not in _LOCAL_PATHS}
-    if "preset_choice" in results:  # the card names the preset chosen on validation, with every candidate's scores
-        public_args["preset_choice"] = results["preset_choice"]
-    build_model_card(out, results, dataset_name=data.name, training_args=public_args,
-                     feature_extractor=_feature_extractor(data), protocol="validation" if "selection" in results else "fixed")
     if ctx.args.push_to_hub:
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
-
-
-# machine-specific, kept out of public cards
-_LOCAL_PATHS = ("data_dir", "cache_dir", "output_dir", "config", "class_attributes_file", "image_backbone")
 
 
 def _feature_extractor(data: ZSLDataset) -> str:
