@@ -94,7 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .hub import load_image_processor, load_model
     from .prediction import FEATURE_SUFFIXES, check_options, expand_inputs, predict_inputs, write_predictions
 
-    check_options(args.top_k, args.batch_size, args.output)
+    check_options(args.top_k, args.batch_size, args.output, args.attributes, args.attention_maps)
     files = expand_inputs(args.inputs)
     model = load_model(args.model, for_images=True).eval()
     images = [f for f in files if f.suffix.lower() not in FEATURE_SUFFIXES]
@@ -103,8 +103,9 @@ def _predict(args: argparse.Namespace) -> int:
         model = _with_backbone(model, args, processor)
     if torch.cuda.is_available():
         model = model.cuda()
-    rows = predict_inputs(model, processor, files, czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size)
-    return write_predictions(rows, args.output, args.top_k)
+    rows = predict_inputs(model, processor, files, czsl=args.czsl, top_k=args.top_k, batch_size=args.batch_size,
+                          attributes=args.attributes, attention_maps=args.attention_maps)
+    return write_predictions(rows, args.output, args.top_k, args.attributes)
 
 
 def _with_backbone(model, args: argparse.Namespace, processor):
@@ -283,6 +284,12 @@ def _add_predict(sub) -> None:
     predict.add_argument("--czsl", action="store_true", help="rank the unseen classes only (CZSL); default: all (GZSL)")
     predict.add_argument("--output", help="write the rows to a .csv or .jsonl file (default: JSON lines on stdout)")
     _option(predict, "batch_size", type=_positive_int, default=16, help="inputs per forward pass")
+    _option(predict, "attributes", type=int, default=0, metavar="K",
+            help="explain: the K attributes seen most strongly, per class the K supporting and K contradicting ones "
+                 "(more CSV columns / JSON keys; 0: no explanation)")
+    _option(predict, "attention_maps", metavar="DIR",
+            help="with --attributes K, pictures only: their attention maps of those K attributes, overlaid on them, "
+                 "as DIR/<picture>.<attribute>.png")
     _option(predict, "image_backbone", help="for a model without backbone: the ResNet its features came from "
                                             "(weights file, checkpoint folder, Hub id e.g. timm/resnet101.tv_in1k, "
                                             "or 'random' for tests)")

@@ -48,6 +48,8 @@ class SCEGGConfig(PretrainedConfig):
         unseen_class_ids (`list[int]`, defaults to the remaining ids): classes never seen in
             training; the CZSL head predicts among these, in this order.
         id2label (`dict[int, str]`): class names; defaults to `class_<i>`.
+        attribute_names (`list[str]`, *optional*): the A attribute names, recorded from the data
+            when it has them, so predictions can say which attributes they saw; None otherwise.
 
     SCEN (stage 1 and 2):
         sc_hidden_dim (`int`, defaults to `num_attributes // 2`): hidden width of the semantic
@@ -148,6 +150,7 @@ class SCEGGConfig(PretrainedConfig):
     num_classes: int = 200
     seen_class_ids: list[int] | None = None
     unseen_class_ids: list[int] | None = None
+    attribute_names: list[str] | None = None
 
     sc_hidden_dim: int | None = None
     sc_negative_slope: float = 0.01
@@ -253,6 +256,9 @@ class SCEGGConfig(PretrainedConfig):
             raise ValueError(
                 f"SCEGGConfig.id2label has {len(self.id2label)} names but num_classes is {self.num_classes}"
             )
+        if self.attribute_names is not None and len(self.attribute_names) != self.num_attributes:
+            raise ValueError(f"SCEGGConfig.attribute_names has {len(self.attribute_names)} names but num_attributes "
+                             f"is {self.num_attributes}")
         if len(self.refit_epochs) != 2 or min(self.refit_epochs) < 1:
             raise ValueError(f"SCEGGConfig.refit_epochs must be [gzsl, czsl] epochs >= 1, got {self.refit_epochs}")
         lower, upper = self.gp_adapt_bounds

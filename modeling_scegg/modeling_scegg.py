@@ -78,6 +78,8 @@ class SCEGGOutput(ModelOutput):
         dense_features: (B, D) the min-max scaled dense-semantic feature g the classifiers see.
         local_scores: (B, C) the LEN's class scores p_l (Eq. 3); None for the pooled baseline.
         attentions: (B, A, R) attribute attention over regions, with `output_attentions=True`.
+        attribute_scores: (B, A) how strongly each attribute is seen, the LEN's e_l (Eq. 2), with
+            `output_attribute_scores=True`; p_l = e_l . a(y) / |a(y)| (Eq. 3) is built from them.
     """
 
     loss: torch.FloatTensor | None = None
@@ -86,6 +88,7 @@ class SCEGGOutput(ModelOutput):
     dense_features: torch.FloatTensor | None = None
     local_scores: torch.FloatTensor | None = None
     attentions: torch.FloatTensor | None = None
+    attribute_scores: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -750,8 +753,10 @@ class SCEGGModel(SCEGGPreTrainedModel):
         region_features: torch.Tensor,
         output_attentions: bool = False,
         return_dict: bool | None = None,
+        output_attribute_scores: bool = False,
     ) -> SCEGGOutput | tuple[torch.Tensor, ...]:
-        """Classify images from their region features (B, R, D)."""
+        """Classify images from their region features (B, R, D); `output_attribute_scores` adds e_l
+        (one extra (B R, D) x (D, A) product, only when asked)."""
         if not self.has_class_semantics:
             raise RuntimeError("SCEGGModel has no class attributes: call set_class_semantics() or load a trained checkpoint")
         regions = self.check_region_features(region_features)
@@ -764,9 +769,17 @@ class SCEGGModel(SCEGGPreTrainedModel):
             dense_features=dense,
             local_scores=raw["local_scores"],
             attentions=raw["attentions"] if output_attentions else None,
+            attribute_scores=self.attribute_scores(regions, raw["attentions"]) if output_attribute_scores else None,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def attribute_scores(self, region_features: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+        """e_l (B, A) of Eq. 2 for region features and their attention; the pooled-feature
+        baseline has no SCEN, hence no attribute scores."""
+        if attention is None:
+            raise ValueError("this model has no SCEN (dense_feature_source='pooled'), so it has no attribute scores")
+        return self.scen.local_embedding.attended_embedding(attention, F.normalize(region_features, dim=-1))
 
     def calibrated_stacking(self, gzsl_scores: torch.Tensor) -> torch.Tensor:
         """GZSL scores with `config.seen_score_offset` subtracted from the seen classes (Chao et
@@ -999,6 +1012,7 @@ class SCEGGForImageClassification(SCEGGModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool = False,
         return_dict: bool | None = None,
+        output_attribute_scores: bool = False,
     ) -> SCEGGOutput | tuple[torch.Tensor, ...]:
         """Classify images from `pixel_values` (B, 3, H, W) or their `region_features` (B, R, D);
         `labels` (B,) class ids add the GZSL cross entropy as `loss`."""
@@ -1006,7 +1020,8 @@ class SCEGGForImageClassification(SCEGGModel):
             raise ValueError("pass exactly one of pixel_values (B, 3, H, W) and region_features (B, R, D)")
         if pixel_values is not None:
             region_features = self.pixel_region_features(pixel_values)
-        output = super().forward(region_features, output_attentions=output_attentions, return_dict=True)
+        output = super().forward(region_features, output_attentions=output_attentions, return_dict=True,
+                                 output_attribute_scores=output_attribute_scores)
         if labels is not None:
             output = SCEGGOutput(loss=gzsl_cross_entropy(output.logits, labels), **output)
         return_dict = return_dict if return_dict is not None else self.config.return_dict

@@ -13,6 +13,13 @@ every class, or CZSL over the unseen ones. They are written as they are made; an
 renamed into place at the end, and also when the run stops early, so finished rows are never
 lost. The exit status (:mod:`modeling_scegg.errors`) is 0 when every input got predictions, 1 when
 some got an error row, 2 when the run could not start or stopped early.
+
+With ``attributes=K`` (``--attributes K``) each row is explained as the pipeline's
+``return_attributes=K`` does (:func:`~modeling_scegg.pipeline_scegg.attribute_evidence`): the row
+gains "attributes" (the K attributes seen most strongly) and every prediction "supporting" and
+"contradicting"; the CSV gains the columns of :func:`evidence_columns`. ``attention_maps=DIR``
+(``--attention_maps DIR``) also writes, per picture, the attention maps of those K attributes
+overlaid on the crop the model saw, as ``DIR/<picture stem>.<attribute>.png``.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import csv
 import io
 import json
 import os
+import re
 import struct
 import sys
 from contextlib import ExitStack, contextmanager
@@ -36,7 +44,7 @@ from .data.images import IMAGE_EXTENSIONS
 from .errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UserError
 from .image_processing_scegg import SCEGGImageProcessor, UnusableImage, load_picture
 from .modeling_scegg import SCEGGModel
-from .pipeline_scegg import rank_classes
+from .pipeline_scegg import attention_overlays, attribute_evidence, picture_from_pixels, rank_classes
 
 FEATURE_SUFFIXES = (".npy", ".safetensors")
 FEATURE_TENSOR = "region_features"
@@ -49,9 +57,12 @@ class Prediction:
     file: str
     predictions: list[dict] = field(default_factory=list)
     error: str = ""
+    attributes: list[dict] | None = None
+    attentions: torch.Tensor | None = field(default=None, repr=False)  # (A, R), kept only to draw the maps
 
 
-def check_options(top_k: int, batch_size: int, output: str | os.PathLike | None = None) -> None:
+def check_options(top_k: int, batch_size: int, output: str | os.PathLike | None = None, attributes: int = 0,
+                  attention_maps: str | os.PathLike | None = None) -> None:
     """Refuse, before any model is loaded, values that would crash late or mean nothing."""
     if output is not None and Path(output).suffix.lower() not in OUTPUT_KINDS:
         raise UserError(f"--output must end in .csv or .jsonl, got {output}", "name the output file.csv or file.jsonl")
@@ -60,6 +71,12 @@ def check_options(top_k: int, batch_size: int, output: str | os.PathLike | None 
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}",
                         "pass how many pictures to classify at once, e.g. --batch_size 16")
+    if isinstance(attributes, bool) or not isinstance(attributes, int) or attributes < 0:
+        raise UserError(f"--attributes must be a number of attributes K >= 1 (0: no explanation), got {attributes!r}",
+                        "pass how many attributes to explain each row with, e.g. --attributes 5")
+    if attention_maps and not attributes:
+        raise UserError("attention maps are drawn for the attributes an explanation names",
+                        "pass --attributes K too, e.g. --attributes 5 --attention_maps maps/")
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -97,15 +114,35 @@ def read_picture(path: Path, processor: SCEGGImageProcessor) -> torch.Tensor:
 
 @torch.no_grad()
 def _rank_batch(model: SCEGGModel, names: list[str], inputs: dict[str, torch.Tensor], czsl: bool,
-                top_k: int) -> list[Prediction]:
-    """One row per input of a batch; a failing forward pass gives every input of the batch its error row."""
+                top_k: int, attributes: int = 0) -> list[Prediction]:
+    """One row per input of a batch; a failing forward pass gives every input of the batch its error
+    row. With `attributes` the rows carry the pipeline's evidence (and the attention to draw)."""
     try:
-        output = model(**inputs)
+        output = model(**inputs, output_attribute_scores=bool(attributes), output_attentions=bool(attributes))
     except Exception as error:
         return [Prediction(name, error=f"classification failed ({type(error).__name__}: {error})") for name in names]
     logits = output.czsl_logits if czsl else output.logits
-    return [Prediction(name, rank_classes(row, model.config, czsl=czsl, top_k=top_k)) if torch.isfinite(row).all()
+    rows = [Prediction(name, rank_classes(row, model.config, czsl=czsl, top_k=top_k)) if torch.isfinite(row).all()
             else Prediction(name, error="non-finite scores") for name, row in zip(names, logits.cpu())]
+    if attributes:
+        for row, scores, attention in zip(rows, output.attribute_scores, output.attentions):
+            if not row.error:
+                explained = attribute_evidence(scores, model.config, row.predictions, model.class_attributes,
+                                               attributes, czsl)
+                row.predictions, row.attributes, row.attentions = explained["predictions"], explained["attributes"], attention
+    return rows
+
+
+def save_attention_maps(folder: Path, row: Prediction, pixels: torch.Tensor, model: SCEGGModel,
+                        processor: SCEGGImageProcessor) -> None:
+    """`folder/<stem>.<attribute>.png` for the attributes of one explained picture, each atomically
+    (in the attribute name, characters other than letters, digits, '.', '_', '-' become '_')."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = [a["attribute"] for a in row.attributes]
+    overlays = attention_overlays(picture_from_pixels(pixels, processor), row.attentions, model.config, chosen)
+    for name, overlay in overlays.items():
+        with atomic_path(folder / f"{Path(row.file).stem}.{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.png") as tmp:
+            overlay.save(tmp, format="PNG")
 
 
 def predict_inputs(
@@ -116,22 +153,31 @@ def predict_inputs(
     czsl: bool = False,
     top_k: int = 5,
     batch_size: int = 16,
+    attributes: int = 0,
+    attention_maps: str | os.PathLike | None = None,
 ) -> Iterator[Prediction]:
     """One row per picture and per image of a feature file, in the order of `files`; pictures are
-    classified `batch_size` at a time (``processor`` may be None when there are none)."""
+    classified `batch_size` at a time (``processor`` may be None when there are none); `attributes`
+    and `attention_maps` explain them (see the module's docstring)."""
+    check_options(top_k, batch_size, None, attributes, attention_maps)
     device = model.class_attributes.device
     pending: list[tuple[str, torch.Tensor]] = []
 
     def flush() -> list[Prediction]:
-        names, pixels = [name for name, _ in pending], torch.stack([p for _, p in pending]).to(device)
+        names, pixels = [name for name, _ in pending], torch.stack([p for _, p in pending])
         pending.clear()
-        return _rank_batch(model, names, {"pixel_values": pixels}, czsl, top_k)
+        rows = _rank_batch(model, names, {"pixel_values": pixels.to(device)}, czsl, top_k, attributes)
+        for row, picture in zip(rows, pixels):
+            if attention_maps and row.attentions is not None:
+                save_attention_maps(Path(attention_maps), row, picture, model, processor)
+            row.attentions = None
+        return rows
 
     with tqdm(total=len(files), desc="predict", unit="input") as bar:
         for path in files:
             if path.suffix.lower() in FEATURE_SUFFIXES:
                 yield from flush() if pending else ()
-                yield from _feature_file_rows(model, path, czsl, top_k, batch_size)
+                yield from _feature_file_rows(model, path, czsl, top_k, batch_size, attributes)
             else:
                 try:
                     pending.append((str(path), read_picture(path, processor)))
@@ -149,7 +195,8 @@ def _reason(error: Exception) -> str:
     return str(error) if isinstance(error, (UnusableImage, UserError)) else f"{type(error).__name__}: {error}"
 
 
-def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, batch_size: int) -> Iterator[Prediction]:
+def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, batch_size: int,
+                       attributes: int = 0) -> Iterator[Prediction]:
     """The rows of one feature file as they are ranked; when the file cannot be used, one error row
     naming it (or, after some rows, the rest of it as ``file[start:]``)."""
     done = 0
@@ -159,20 +206,22 @@ def _feature_file_rows(model: SCEGGModel, path: Path, czsl: bool, top_k: int, ba
             _check_feature_shape(path, features.shape, model.config)
             for start in range(0, features.shape[0], batch_size):
                 stop = min(start + batch_size, features.shape[0])  # safetensors slices do not clamp
-                rows = _feature_batch_rows(model, path, start, features[start:stop], czsl, top_k)
+                rows = _feature_batch_rows(model, path, start, features[start:stop], czsl, top_k, attributes)
                 yield from rows
                 done += len(rows)
     except Exception as error:
         yield Prediction(str(path) if not done else f"{path}[{done}:]", error=_reason(error))
 
 
-def _feature_batch_rows(model: SCEGGModel, path: Path, start: int, batch, czsl: bool, top_k: int) -> list[Prediction]:
+def _feature_batch_rows(model: SCEGGModel, path: Path, start: int, batch, czsl: bool, top_k: int,
+                        attributes: int = 0) -> list[Prediction]:
     """Rows of one batch of a feature file; images with NaN or infinite features get error rows."""
     batch = torch.from_numpy(np.array(batch, dtype=np.float32))  # a copy: memory maps are read-only
     names = [f"{path}[{i}]" for i in range(start, start + len(batch))]
     finite = torch.isfinite(batch).flatten(1).all(dim=1)
     ranked = iter(_rank_batch(model, [n for n, ok in zip(names, finite) if ok],
-                              {"region_features": batch[finite].to(model.class_attributes.device)}, czsl, top_k)
+                              {"region_features": batch[finite].to(model.class_attributes.device)}, czsl, top_k,
+                              attributes)
                   if finite.any() else [])
     return [next(ranked) if ok else Prediction(name, error="region features hold NaN or infinite values")
             for name, ok in zip(names, finite)]
@@ -265,14 +314,16 @@ class _Tally:
     errors: int = 0
 
 
-def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | None, top_k: int) -> int:
+def write_predictions(rows: Iterable[Prediction], output: str | os.PathLike | None, top_k: int,
+                      attributes: int = 0) -> int:
     """Write rows as CSV or JSON lines (by the suffix of `output`; stdout gets JSON lines) as they
     come, and return the exit status. The file is renamed into place at the end, also when the run
-    stops early, which then raises :class:`UserError` saying how many rows were written."""
+    stops early, which then raises :class:`UserError` saying how many rows were written. `attributes`
+    adds the CSV's evidence columns."""
     tally, stopped = _Tally(), None
     with _output(output) as (handle, kind):
         try:
-            _write_rows(rows, handle, kind, top_k, tally)
+            _write_rows(rows, handle, kind, top_k, tally, attributes)
         except BaseException as error:  # the finished rows are kept: the file is still renamed into place
             stopped = error
     if isinstance(stopped, Exception):
@@ -300,21 +351,42 @@ def _exit_status(tally: _Tally) -> int:
     return EXIT_SOME_INPUTS_FAILED if tally.errors else EXIT_OK
 
 
-def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int, tally: _Tally) -> None:
+def _write_rows(rows: Iterable[Prediction], handle: io.TextIOBase, kind: str, top_k: int, tally: _Tally,
+                attributes: int = 0) -> None:
     writer = None
     if kind == "csv":
         writer = csv.writer(handle)
-        writer.writerow(["file", "error"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("label", "score")])
+        writer.writerow(["file", "error"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("label", "score")]
+                        + (evidence_header(top_k) if attributes else []))
     for row in rows:
         if writer is None:
-            handle.write(json.dumps({"file": row.file, "error": row.error, "predictions": row.predictions}) + "\n")
+            extra = {} if row.attributes is None else {"attributes": row.attributes}
+            handle.write(json.dumps({"file": row.file, "error": row.error, "predictions": row.predictions, **extra}) + "\n")
         else:
             ranked = [value for p in row.predictions for value in (p["label"], f"{p['score']:.6f}")]
-            writer.writerow([row.file, row.error, *ranked] + [""] * (2 * top_k - len(ranked)))
+            writer.writerow([row.file, row.error, *ranked] + [""] * (2 * top_k - len(ranked))
+                            + (evidence_columns(row, top_k) if attributes else []))
         handle.flush()
         tally.rows += 1
         tally.errors += bool(row.error)
 
 
-__all__ = ["FEATURE_SUFFIXES", "Prediction", "UnusableImage", "check_options", "expand_inputs", "open_image",
-           "open_region_features", "predict_inputs", "read_picture", "read_region_features", "write_predictions"]
+def evidence_header(top_k: int) -> list[str]:
+    """The CSV columns an explained prediction adds: the attributes seen, then per rank k the
+    attributes supporting and contradicting the k-th class."""
+    return ["attributes"] + [f"{what}_{k}" for k in range(1, top_k + 1) for what in ("supporting", "contradicting")]
+
+
+def evidence_columns(row: Prediction, top_k: int) -> list[str]:
+    """A row's values under :func:`evidence_header`: `name:score` (seen attributes, by e_l) and
+    `name:contribution` entries joined by ';', strongest first; empty for an error row."""
+    def joined(entries: list[dict], key: str) -> str:
+        return ";".join(f"{e['attribute']}:{e[key]:+.4f}" for e in entries)
+
+    per_class = [joined(p.get(side, []), "contribution") for p in row.predictions for side in ("supporting", "contradicting")]
+    return [joined(row.attributes or [], "score"), *per_class] + [""] * (2 * top_k - len(per_class))
+
+
+__all__ = ["FEATURE_SUFFIXES", "Prediction", "UnusableImage", "check_options", "evidence_columns", "evidence_header",
+           "expand_inputs", "open_image", "open_region_features", "predict_inputs", "read_picture",
+           "read_region_features", "save_attention_maps", "write_predictions"]

@@ -26,6 +26,7 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .optional import missing_extra
+from .pipeline_scegg import scale_to_own_range, upsample_map
 
 try:
     from matplotlib import colormaps
@@ -268,20 +269,14 @@ def _as_rgb_image(image: np.ndarray | Image.Image) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8)).convert("RGB")
 
 
-def _upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a region map to the image's (width, height), as in the paper's figure."""
-    return np.asarray(Image.fromarray(values.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
-
-
 def _draw_map(ax, values: np.ndarray, image: Image.Image | None, label: str) -> None:
-    """Each map gets its own colour range: peaks differ by orders of magnitude between attributes."""
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    """Each map gets its own colour range (`scale_to_own_range`), as the pipeline's overlays do."""
+    scaled = scale_to_own_range(values)
     if image is None:
         ax.imshow(scaled, cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(image)
-        ax.imshow(_upsample(scaled, image.size), cmap="jet", vmin=0.0, vmax=1.0, alpha=0.5)
+        ax.imshow(upsample_map(scaled, image.size), cmap="jet", vmin=0.0, vmax=1.0, alpha=0.5)
     ax.set_title(label, fontsize=8)
     ax.set_axis_off()
 

@@ -47,6 +47,7 @@ def test_json_round_trip(tmp_path):
         (dict(stage1_classes="unseen"), "stage1_classes"),
         (dict(id2label={0: "a"}), "id2label"),
         (dict(gp_adapt_bounds=(2.0, 1.0)), "gp_adapt_bounds"),
+        (dict(attribute_names=["wing", "bill"]), "attribute_names"),
     ],
 )
 def test_invalid_settings_name_the_field(overrides, field):

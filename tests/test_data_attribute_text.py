@@ -59,6 +59,7 @@ def test_missing_word_vectors_are_embedded_from_the_names_and_recorded(tmp_path,
     np.testing.assert_array_equal(data.semantics.word_vectors, embed_attribute_names(CUB_LIKE, sentence_encoder))
     config = build_config(data, {})
     assert config.word_dim == 384 and config.attribute_encoder == sentence_encoder
+    assert config.attribute_names == CUB_LIKE, "predictions name the attributes they saw (return_attributes)"
 
 
 def test_dataset_without_word_vectors_or_names_is_refused(tmp_path, sentence_encoder):

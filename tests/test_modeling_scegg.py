@@ -123,6 +123,22 @@ def test_pooled_baseline_skips_scen():
     torch.testing.assert_close(out.dense_features, x.mean(1))
     assert out.local_scores is None and out.attentions is None
 
+    with pytest.raises(ValueError, match="no SCEN"):
+        model(x, output_attribute_scores=True)
+
+
+def test_attribute_scores_are_e_l_and_only_computed_when_asked(tiny_model):
+    """e_l (Eq. 2) is what p_l (Eq. 3) is made of: p_l = e_l . a(y) / |a(y)|, exactly."""
+    with torch.no_grad():
+        tiny_model.scen.local_embedding.attention_weight.normal_()
+    x = _regions()
+    assert tiny_model(x).attribute_scores is None
+    out = tiny_model(x, output_attribute_scores=True)
+    assert out.attribute_scores.shape == (3, 7)
+    torch.testing.assert_close(out.attribute_scores @ F.normalize(tiny_model.class_attributes, dim=-1).t(),
+                               out.local_scores)
+    torch.testing.assert_close(out.logits, tiny_model(x).logits)
+
 
 def test_scaler_maps_training_range_to_unit_interval(tiny_model):
     raw = torch.randn(40, 12) * 3 + 1

@@ -70,7 +70,8 @@ def test_every_imported_distribution_is_declared():
 
 def test_tests_extra_installs_every_extra():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert "scegg[train]" in extras["tests"] and "scegg[plots,hdf5,tensorboard]" in extras["train"]
+    assert "scegg[train,demo]" in extras["tests"] and "scegg[plots,hdf5,tensorboard]" in extras["train"]
+    assert any(r.startswith("gradio") for r in extras["demo"]) and any(r.startswith("selenium") for r in extras["tests"])
 
 
 def test_metadata_license_version_and_types():

@@ -150,3 +150,115 @@ def test_the_pipeline_refuses_what_predict_refuses(pipe_and_folder, tmp_path, si
     with pytest.raises(ValueError, match=f"too small: {size[0]} x {size[1]}") as refused:
         pipe(str(tmp_path / "small.png"))
     assert type(refused.value).__name__ == UnusableImage.__name__
+
+
+# -- attribute evidence ---------------------------------------------------------------------------
+NAMES = [f"has_{part}" for part in ("bill", "crest", "wing", "tail", "eye", "leg", "belly")]
+
+
+@pytest.fixture(scope="module")
+def explaining_folder(tmp_path_factory):
+    """A tiny pictures model with attribute names and a trained-looking (non-zero) attention."""
+    import torch
+
+    model = region_model(attribute_names=NAMES)
+    with torch.no_grad():
+        model.scen.local_embedding.attention_weight.normal_(generator=torch.Generator().manual_seed(3))
+    image_model = attach_backbone(model, tiny_resnet(), tiny_image_processor())
+    return save_model(image_model, tmp_path_factory.mktemp("explain") / "model", tiny_image_processor())
+
+
+def _picture(seed: int = 7) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (75, 100, 3), dtype=np.uint8))
+
+
+def test_return_attributes_explains_without_changing_the_ranking(explaining_folder):
+    """The folder's remote-code pipeline: K seen attributes by e_l, the same classes and scores as
+    without the argument, and per class contributions that add up to its centred LEN score."""
+    import torch
+
+    from modeling_scegg.modeling_scegg import SCEGGForImageClassification
+
+    classifier = pipeline("image-classification", model=str(explaining_folder), trust_remote_code=True)
+    plain = classifier(_picture(), top_k=6)
+    explained = classifier(_picture(), top_k=6, return_attributes=7)
+    assert set(explained) == {"predictions", "attributes"}
+    assert [(p["label"], p["score"]) for p in explained["predictions"]] == [(p["label"], p["score"]) for p in plain]
+    model = SCEGGForImageClassification.from_pretrained(explaining_folder).eval()
+    pixels = tiny_image_processor()(_picture(), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model(pixel_values=pixels, output_attribute_scores=True)
+    seen = [a["score"] for a in explained["attributes"]]
+    assert seen == sorted(seen, reverse=True) and len(seen) == 7
+    np.testing.assert_allclose(sorted(seen), sorted(out.attribute_scores[0].tolist()), rtol=1e-5)
+    centred = out.local_scores[0] - out.local_scores[0].mean()
+    class_id = {name: int(i) for i, name in model.config.id2label.items()}
+    for prediction in explained["predictions"]:
+        support, contra = prediction["supporting"], prediction["contradicting"]
+        assert all(e["contribution"] > 0 for e in support) and all(e["contribution"] < 0 for e in contra)
+        assert [e["contribution"] for e in support] == sorted((e["contribution"] for e in support), reverse=True)
+        total = sum(e["contribution"] for e in support + contra)
+        assert total == pytest.approx(float(centred[class_id[prediction["label"]]]), abs=1e-5)
+        assert {e["attribute"] for e in support + contra} <= set(NAMES)
+
+
+def test_the_zero_shot_pipeline_explains_among_its_candidates(explaining_folder):
+    """return_attributes=K on zero-shot-image-classification: the same ranking as without it, and
+    contributions centred on the candidates (they add up to p_l minus the candidates' mean p_l)."""
+    import torch
+
+    from modeling_scegg.modeling_scegg import SCEGGForImageClassification
+
+    ranker = pipeline("zero-shot-image-classification", model=str(explaining_folder), trust_remote_code=True)
+    model = SCEGGForImageClassification.from_pretrained(explaining_folder).eval()
+    candidates = [model.config.id2label[i] for i in (4, 0, 2)]
+    plain = ranker(_picture(), candidate_labels=candidates)
+    explained = ranker(_picture(), candidate_labels=candidates, return_attributes=7)  # all 7: every contribution listed
+    assert [(p["label"], p["score"]) for p in explained["predictions"]] == [(p["label"], p["score"]) for p in plain]
+    assert len(explained["attributes"]) == 7
+    pixels = tiny_image_processor()(_picture(), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        local = model(pixel_values=pixels, output_attribute_scores=True).local_scores[0]
+    centred = local[[4, 0, 2]] - local[[4, 0, 2]].mean()
+    by_label = {p["label"]: p for p in explained["predictions"]}
+    for name, expected in zip(candidates, centred.tolist()):
+        entries = by_label[name]["supporting"] + by_label[name]["contradicting"]
+        assert sum(e["contribution"] for e in entries) == pytest.approx(expected, abs=1e-5)
+
+
+def test_attention_maps_are_overlays_of_the_chosen_attributes(explaining_folder):
+    classifier = pipeline("image-classification", model=str(explaining_folder), trust_remote_code=True)
+    top = classifier([_picture(1), _picture(2)], top_k=2, czsl=True, return_attributes=2, attention_maps=True)
+    assert len(top) == 2 and list(top[1]["attention_maps"]) == [a["attribute"] for a in top[1]["attributes"]]
+    assert {p["label"] for p in top[0]["predictions"]} == {"bird_1", "bird_4"}
+    chosen = classifier(_picture(), return_attributes=1, attention_maps=["has_tail", "has_eye"])["attention_maps"]
+    assert list(chosen) == ["has_tail", "has_eye"]
+    assert all(image.size == (64, 64) and image.mode == "RGB" for image in chosen.values())
+    with pytest.raises(ValueError, match="has_fins"):
+        classifier(_picture(), return_attributes=1, attention_maps=["has_fins"])
+    with pytest.raises(ValueError, match="return_attributes"):
+        classifier(_picture(), attention_maps=True)
+
+
+def test_overlay_is_red_where_the_attribute_looks():
+    import torch
+
+    from modeling_scegg.pipeline_scegg import attention_overlay, region_grid
+
+    assert region_grid(196, 448, 448) == (14, 14) and region_grid(6, 300, 200) == (2, 3)
+    with pytest.raises(ValueError, match="grid"):
+        region_grid(7, 64, 64)
+    grey = Image.new("RGB", (40, 40), (128, 128, 128))
+    overlay = np.asarray(attention_overlay(grey, torch.tensor([0.1, 0.1, 0.1, 0.7])), dtype=int)
+    assert overlay[35, 35, 0] - overlay[35, 35, 2] > 50  # the bottom-right region: red
+    assert overlay[4, 4, 2] - overlay[4, 4, 0] > 50      # the others: blue
+
+
+def test_picture_from_pixels_undoes_the_processor():
+    from modeling_scegg.pipeline_scegg import picture_from_pixels
+
+    processor = tiny_image_processor()
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    pixels = processor(picture, return_tensors="pt")["pixel_values"][0]
+    np.testing.assert_allclose(np.asarray(picture_from_pixels(pixels, processor), dtype=int),
+                               np.asarray(picture, dtype=int), atol=1)

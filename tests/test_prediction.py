@@ -243,3 +243,46 @@ def test_a_folder_with_nothing_usable_is_an_error_not_an_empty_result(tmp_path):
     with pytest.raises(UserError, match=r"no pictures or feature files in .*in \(skipped: .heic, .txt\)") as refused:
         run(["predict", str(tmp_path / "no_such_model"), str(tmp_path / "in")])
     assert "HEIC" in refused.value.remedy
+
+
+def test_attributes_explain_every_row_as_the_pipeline_does(model_dir, tmp_path, capsys):
+    """--attributes K: JSON lines carry the pipeline's return_attributes=K evidence, the CSV its
+    columns (empty on error rows), --attention_maps one PNG per picture and attribute."""
+    from transformers import pipeline
+
+    good = _pictures(tmp_path / "in", count=3)
+    (tmp_path / "in" / "notes.png").write_text("not an image at all")
+    maps = tmp_path / "maps"
+    args = ["predict", str(model_dir), str(tmp_path / "in"), "--top_k", "2", "--attributes", "3", "--batch_size", "2"]
+    assert main(args + ["--attention_maps", str(maps), "--output", str(tmp_path / "p.jsonl")]) == 1
+    rows = {Path(r["file"]).name: r for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())}
+    explained = pipeline("image-classification", model=str(model_dir), trust_remote_code=True)(
+        str(good[1]), top_k=2, return_attributes=3)
+    ours = rows[good[1].name]
+    assert [a["attribute"] for a in ours["attributes"]] == [a["attribute"] for a in explained["attributes"]]
+    for mine, theirs in zip(ours["predictions"], explained["predictions"]):
+        assert mine["label"] == theirs["label"]
+        assert [e["attribute"] for e in mine["supporting"]] == [e["attribute"] for e in theirs["supporting"]]
+        assert [e["attribute"] for e in mine["contradicting"]] == [e["attribute"] for e in theirs["contradicting"]]
+    assert sorted(p.name for p in maps.iterdir()) == sorted(
+        f"{path.stem}.{a['attribute']}.png" for path in good for a in rows[path.name]["attributes"])
+    assert Image.open(next(maps.iterdir())).size == (64, 64)
+
+    assert main(args + ["--output", str(tmp_path / "p.csv")]) == 1
+    table = {Path(r["file"]).name: r for r in _csv_rows(tmp_path / "p.csv")}
+    seen = table[good[1].name]["attributes"].split(";")
+    assert [entry.split(":")[0] for entry in seen] == [a["attribute"] for a in ours["attributes"]]
+    assert table[good[1].name]["supporting_1"].split(";")[0].split(":")[0] == ours["predictions"][0]["supporting"][0]["attribute"]
+    assert table["notes.png"]["attributes"] == "" and table["notes.png"]["supporting_1"] == ""
+    capsys.readouterr()
+    with pytest.raises(UserError, match="(?s)attention maps are drawn for .*--attributes K"):
+        run(["predict", str(model_dir), str(good[0]), "--attention_maps", str(maps)])
+    with pytest.raises(UserError, match="--attributes must be .* got -2"):
+        run(["predict", str(model_dir), str(good[0]), "--attributes", "-2"])
+
+
+def test_without_attributes_nothing_is_added(model_dir, tmp_path, capsys):
+    picture = _pictures(tmp_path / "in", count=1)[0]
+    assert main(["predict", str(model_dir), str(picture), "--output", str(tmp_path / "p.csv")]) == 0
+    assert list(_csv_rows(tmp_path / "p.csv")[0]) == ["file", "error"] + [
+        f"{what}_{k}" for k in range(1, 6) for what in ("label", "score")]

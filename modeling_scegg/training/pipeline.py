@@ -92,6 +92,8 @@ def build_config(data: ZSLDataset, overrides: dict[str, Any]) -> SCEGGConfig:
     )
     if semantics.word_vectors is not None:
         fixed["word_dim"] = int(semantics.word_vectors.shape[1])
+    if semantics.attribute_names:
+        fixed["attribute_names"] = [str(name) for name in semantics.attribute_names]
     if semantics.attribute_encoder is not None:
         fixed["attribute_encoder"] = semantics.attribute_encoder
     if data.feature_backbone is not None:
