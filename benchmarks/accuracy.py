@@ -31,8 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modeling_scegg.data.synthetic import SyntheticConfig  # noqa: E402
 from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.training.arguments import DEFAULT_PRESETS, read_preset  # noqa: E402
+from modeling_scegg.training.arguments import DEFAULT_PRESETS, parse_key_values, read_preset  # noqa: E402
 
 DEFAULT_METADATA = REPO.parent / "shared" / "data"
 # The benchmark schedule: network widths and stage lengths cut so that a run takes minutes on
@@ -42,7 +43,7 @@ WIDTHS = ["encoder_hidden_dim=512", "generator_hidden_dim=512", "critic_hidden_d
 SCHEDULE = ["--stage1_iters", "600", "--stage2_iters", "1000"]
 # about 2200 batch positions per feedback loop on every dataset (CUB 111, SUN 162, AWA2 368 per epoch)
 STAGE3_EPOCHS = {"CUB": 20, "SUN": 14, "AWA2": 6}
-METRICS = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen")
+METRICS = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen", "gzsl_seen_only")
 
 
 def method_flags(args: argparse.Namespace, dataset: str) -> dict[str, tuple[str, list[str], list[str]]]:
@@ -104,7 +105,8 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
 
 def print_table(table: dict[str, dict[str, tuple[float, float]]]) -> None:
     columns = [("CZSL", "czsl_acc"), ("U raw", "raw_gzsl_unseen"), ("S raw", "raw_gzsl_seen"), ("H raw", "raw_gzsl_h"),
-               ("U->S raw", "raw_gzsl_unseen_as_seen"), ("U cal", "gzsl_unseen"), ("S cal", "gzsl_seen"), ("H cal", "gzsl_h")]
+               ("U->S raw", "raw_gzsl_unseen_as_seen"), ("U cal", "gzsl_unseen"), ("S cal", "gzsl_seen"), ("H cal", "gzsl_h"),
+               ("S-only", "gzsl_seen_only")]
     print(f"\n{'data / method':<22}" + "".join(f"{name:>15}" for name, _ in columns))
     for name, stats in table.items():
         cells = [f"{stats[key][0]:6.2f} ± {stats[key][1]:<5.2f}" if key in stats else f"{'-':>13}" for _, key in columns]
@@ -126,15 +128,22 @@ def main() -> None:
     parser.add_argument("--scegg_overrides", nargs="*", default=[], help="extra SCEGGConfig key=value for SC-EGG")
     parser.add_argument("--baseline_preset", default="{ds}-tfvaegan")
     parser.add_argument("--baseline_overrides", nargs="*", default=[])
+    parser.add_argument("--render", nargs="*", default=[], help=(
+        "SyntheticConfig fields of the proxy as key=value, e.g. the picture-like proxy: class_appearance=0.3 "
+        "class_signature=0.3; the data then lives in a folder of its own"))
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of each benchmark's images kept")
     parser.add_argument("--code", help="train with the package checkout in this folder (e.g. an older commit)")
     parser.add_argument("--no_calibration", action="store_true", help="for code without --calibration")
     parser.add_argument("flags", nargs="*", help="more training flags after --, e.g. -- --stage3_pass_order batch")
     args = parser.parse_args()
     table, everything = {}, {}
+    render = parse_key_values(args.render, "--render")
     for dataset in args.datasets:
-        data_dir = Path(args.output_dir) / "data" / dataset
+        data_dir = Path(args.output_dir) / "data" / (dataset + "".join(f"-{k}{v}" for k, v in sorted(render.items()))
+                                                     + (f"-fraction{args.fraction}" if args.fraction < 1 else ""))
         if not (data_dir / dataset / f"feature_map_ResNet_101_{dataset}.hdf5").is_file():
-            write_synthetic_benchmark(dataset, args.metadata_dir, data_dir)
+            write_synthetic_benchmark(dataset, args.metadata_dir, data_dir, render=SyntheticConfig(**render),
+                                      fraction=args.fraction)
         for method in args.methods:
             runs = []
             for seed in args.seeds:

@@ -67,6 +67,14 @@ def format_results(results: dict) -> str:
     lines = [f"SC-EGG on {results['dataset']} ({results['protocol']})", f"{'metric':<10}{'%':>8}"]
     lines += [f"{name:<10}{value:>8.2f}" for name, value in rows]
     lines.append(f"{'chance':<10}{results['chance_czsl']:>8.2f}  (CZSL, 1/Cu)")
+    if "gzsl_seen_only" in results:  # which side a GZSL collapse comes from
+        lines.append(f"GZSL classifier restricted to one side: seen-only {results['gzsl_seen_only']:.2f} on test_seen, "
+                     f"unseen-only {results['gzsl_unseen_only']:.2f} on test_unseen; seen images called unseen "
+                     f"{results['gzsl_seen_as_unseen']:.2f}%, unseen called seen {results['gzsl_unseen_as_seen']:.2f}%")
+    if "preset_choice" in results:
+        choice = results["preset_choice"]
+        lines.append(f"preset {choice['chosen']}, chosen on validation H among " + ", ".join(
+            f"{name} {scores['gzsl_h']:.2f}" for name, scores in choice["candidates"].items()))
     if "uncalibrated" in results:
         raw = results["uncalibrated"]
         lines.append(f"GZSL above with calibrated stacking (seen-score offset "

@@ -228,6 +228,8 @@ def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     measured = all(key in record for key in RESULT_KEYS)
     training_args = public_record(record).get("training_args") or {}
+    if "preset_choice" in record:  # chosen on the validation view: the card names it with every candidate's scores
+        training_args = {**training_args, "preset_choice": record["preset_choice"]}
     return build_model_card(
         folder, record if measured else None, dataset_name=record.get("dataset"), training_args=training_args,
         feature_extractor=record.get("feature_extractor", "the backbone named in config.json, if any"),

@@ -44,6 +44,20 @@ def test_results_table_labels_test_selected_numbers():
                                       "gzsl_seen": 71.0, "gzsl_h": 65.6}}
     table = format_results(results)
     assert "CZSL Acc     70.00" in table and "test-selected: Acc 72.00" in table
+    assert "seen-only" not in table and "preset" not in table
+
+
+def test_results_table_names_the_collapsed_side_and_the_chosen_preset():
+    results = {"dataset": "AWA2", "protocol": "validation split", "czsl_acc": 60.0, "gzsl_unseen": 57.0,
+               "gzsl_seen": 0.5, "gzsl_h": 1.0, "chance_czsl": 10.0, "stage_seconds": {"stage1": 1.0},
+               "gzsl_seen_only": 22.8, "gzsl_unseen_only": 61.0, "gzsl_seen_as_unseen": 99.0,
+               "gzsl_unseen_as_seen": 0.1,
+               "preset_choice": {"chosen": "awa2-published", "candidates": {"awa2-published": {"gzsl_h": 38.5},
+                                                                            "awa2-paper": {"gzsl_h": 19.7}}}}
+    table = format_results(results)
+    assert "seen-only 22.80 on test_seen, unseen-only 61.00 on test_unseen" in table
+    assert "seen images called unseen 99.00%" in table
+    assert "preset awa2-published, chosen on validation H among awa2-published 38.50, awa2-paper 19.70" in table
 
 
 def test_convert_writes_the_hub_layout(tmp_path, capsys):

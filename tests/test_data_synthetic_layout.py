@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from modeling_scegg.data import RegionFeatureReader, load_word_vectors, load_zsl_dataset, read_att_splits
-from modeling_scegg.data.synthetic_layout import assign_labels, write_synthetic_benchmark
+from modeling_scegg.data.synthetic_layout import assign_labels, subsample_locs, write_synthetic_benchmark
 
 # classes, attributes, (trainval, test_seen, test_unseen), (seen, unseen, val)
 REAL = {"CUB": (200, 312, (7057, 1764, 2967), (150, 50, 50)),
@@ -60,3 +60,15 @@ def test_unknown_benchmark_needs_its_unseen_count(shared_data, tmp_path):
         write_synthetic_benchmark("APY2", shared_data, tmp_path)
     with pytest.raises(FileNotFoundError, match="att_splits.mat"):
         write_synthetic_benchmark("APY2", tmp_path, tmp_path / "out", num_unseen=3)
+
+
+def test_a_fraction_of_the_images_keeps_the_split_structure():
+    locs = {"trainval_loc": np.arange(0, 400), "test_seen_loc": np.arange(400, 500), "test_unseen_loc": np.arange(500, 620),
+            "train_loc": np.arange(0, 300), "val_loc": np.arange(300, 400)}
+    kept = subsample_locs(locs, 0.25, np.random.default_rng(0))
+    assert sorted(np.concatenate([kept[k] for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")])) == list(range(155))
+    for name, loc in locs.items():
+        assert len(kept[name]) == pytest.approx(0.25 * len(loc), rel=0.35), name
+    assert sorted(np.concatenate([kept["train_loc"], kept["val_loc"]]).tolist()) == kept["trainval_loc"].tolist()
+    with pytest.raises(ValueError, match="fraction"):
+        subsample_locs(locs, 0.0, np.random.default_rng(0))

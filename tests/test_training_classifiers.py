@@ -1,5 +1,7 @@
 """The final classifiers' inputs: [x, Dec(x), Dec_hidden(x)] built part by part, stored in the
-dtype their training autocast computes in."""
+dtype their training autocast computes in; the seen-side diagnostic of their scores."""
+import numpy as np
+import pytest
 import torch
 from conftest import tiny_config_kwargs
 from torch import nn
@@ -7,7 +9,7 @@ from torch import nn
 from modeling_scegg import SCEGGConfig, SCEGGModel
 from modeling_scegg.training.arguments import SCEGGTrainingArguments
 from modeling_scegg.training.checkpointing import CheckpointManager
-from modeling_scegg.training.classifiers import autocast_dtype, classifier_inputs
+from modeling_scegg.training.classifiers import autocast_dtype, classifier_inputs, side_accuracies
 from modeling_scegg.training.common import RunContext
 
 
@@ -32,3 +34,16 @@ def test_bf16_inputs_change_nothing_a_bf16_autocast_classifier_computes(bf16_acc
     x = torch.randn(16, 40)
     assert torch.equal(classifier(x.to(torch.bfloat16)), classifier(x))
     assert not torch.equal(x.to(torch.bfloat16).float(), x)  # though the stored inputs are rounded
+
+
+def test_side_accuracies_restrict_the_gzsl_scores_to_one_side():
+    """Seen classes 0, 1; unseen 2, 3. Every seen image scores an unseen class highest (S = 0), yet
+    among the seen classes alone the first is right and the second wrong: seen-only 50%."""
+    seen, unseen = np.array([0, 1]), np.array([2, 3])
+    gzsl_seen = np.array([[2.0, 1.0, 5.0, 0.0],    # label 0: seen-only right
+                          [2.0, 1.0, 0.0, 5.0]])   # label 1: seen-only wrong
+    gzsl_unseen = np.array([[0.0, 0.0, 1.0, 3.0],  # label 3: unseen-only right
+                            [9.0, 0.0, 1.0, 3.0]])  # label 2: unseen-only wrong (and called seen)
+    refs = np.array([0, 1, 3, 2])
+    sides = side_accuracies(gzsl_seen, gzsl_unseen, refs, seen, unseen)
+    assert sides == {"gzsl_seen_only": pytest.approx(50.0), "gzsl_unseen_only": pytest.approx(50.0)}

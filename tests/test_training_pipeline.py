@@ -115,6 +115,14 @@ def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):
     recomputed = evaluate_model(model, data, batch_size=7)
     for key in ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h"):
         assert recomputed[key] == pytest.approx(results[key], abs=1e-6), key
+    # the seen-side diagnostic: the same GZSL classifier, restricted to one side's classes
+    seen = np.asarray(model.config.seen_class_ids)
+    seen_only = mean_per_class_accuracy(seen[seen_out.logits[:, seen].argmax(-1).numpy()], seen_y)
+    unseen_only = mean_per_class_accuracy(unseen[unseen_out.logits[:, unseen].argmax(-1).numpy()], unseen_y)
+    assert 100 * seen_only == pytest.approx(results["gzsl_seen_only"], abs=1e-6)
+    assert 100 * unseen_only == pytest.approx(results["gzsl_unseen_only"], abs=1e-6)
+    called_unseen = np.isin(seen_out.logits.argmax(-1).numpy(), unseen).mean()
+    assert 100 * called_unseen == pytest.approx(results["gzsl_seen_as_unseen"], abs=1e-6)
 
 
 def test_scegg_evaluate_prints_the_same_numbers(finished_run, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Validation-split selection: the view of the data it trains on, and a run that uses it."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,8 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     offset = selection["calibration"]["seen_score_offset"]
     assert offset == selection["validation_scores"]["seen_score_offset"] == results["calibration"]["seen_score_offset"]
     assert "calibrated-stacking" in results["protocol"] and "never on test" in results["calibration"]["method"]
-    assert set(results["uncalibrated"]) == {"gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen"}
+    assert set(results["uncalibrated"]) == {"gzsl_unseen", "gzsl_seen", "gzsl_h", "gzsl_unseen_as_seen",
+                                            "gzsl_seen_as_unseen"}
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert model.config.seen_score_offset == offset
     recomputed = evaluate_model(model, load_data(args), batch_size=16)
@@ -89,3 +91,54 @@ def test_calibration_auto_calibrates_where_a_validation_view_exists(data):
     assert parse_training_args([]).calibration == "auto"
     assert resolve_calibration("auto", data) == "validation" and resolve_calibration("auto", without) == "none"
     assert resolve_calibration("none", data) == "none"
+
+
+def test_preset_choice_is_on_by_default_only_where_the_user_named_no_preset(data):
+    from accelerate import PartialState
+
+    from modeling_scegg.training.preset_choice import resolve_preset_choice
+
+    PartialState()
+    assert parse_training_args(["--dataset", "AWA2"]).preset_choice == "auto"
+    assert parse_training_args(["--dataset", "AWA2", "--config", "awa2-paper"]).preset_choice == "off"
+    without = type(data)(name="x", splits=DatasetDict({k: data.splits[k] for k in ("train", "test_seen", "test_unseen")}),
+                         semantics=data.semantics)
+    two = parse_training_args(["--preset_candidates", "awa2-paper", "awa2-published"])
+    assert resolve_preset_choice(parse_training_args([]), data) == "off"  # the synthetic data has no candidates
+    assert resolve_preset_choice(two, data) == "validation" and resolve_preset_choice(two, without) == "off"
+
+
+def test_a_candidate_keeps_the_users_flags_and_takes_the_rest_from_its_preset():
+    from modeling_scegg.training.preset_choice import candidate_args
+
+    args = parse_training_args(["--dataset", "AWA2", "--stage1_iters", "300"])
+    assert (args.config, args.stage1_optimizer, args.stage3_lr) == ("awa2-paper", "adam", 1e-4)
+    candidate = candidate_args(args, "awa2-published")
+    assert (candidate.config, candidate.stage1_iters, candidate.stage1_optimizer) == ("awa2-published", 300, "rmsprop")
+    assert candidate.stage3_lr == 1e-5 and candidate.model_config_overrides()["lambda_s"] == 1.0
+
+
+def test_preset_choice_trains_the_preset_with_the_best_validation_h(tmp_path):
+    presets = {"plain": {"model": {"classifier_input": "plain", "lambda_s": 0.0, "lambda_u": 0.0}},
+               "augmented": {"model": {"classifier_input": "augmented"}, "training": {"stage1_optimizer": "adam"}}}
+    for name, preset in presets.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(preset))
+    candidates = [str(tmp_path / f"{name}.json") for name in presets]
+    argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--plots", "false", "--calibration", "validation",
+                     "--preset_choice", "validation", "--preset_candidates", *candidates)
+    results = run_pipeline(parse_training_args(argv))
+    choice = results["preset_choice"]
+    scores = {name: choice["candidates"][name]["gzsl_h"] for name in candidates}
+    assert choice["chosen"] == max(scores, key=scores.get) and results["training_args"]["config"] == choice["chosen"]
+    assert results["training_args"]["preset_choice"] == "validation"
+    for name in presets:  # one view run per candidate, the test splits never read by them
+        view = json.loads((tmp_path / "out" / "validation" / name / "results.json").read_text())
+        assert view["dataset"] == "synthetic (validation view)"
+    chosen = Path(choice["chosen"]).stem
+    model = SCEGGModel.from_pretrained(tmp_path / "out")
+    assert model.config.classifier_input == chosen
+    # the winner's view run is the one the calibration offset comes from
+    assert results["calibration"]["seen_score_offset"] == choice["candidates"][choice["chosen"]]["seen_score_offset"]
+    assert "the preset" in results["protocol"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert '"preset_choice"' in card and f"{chosen}.json" in card

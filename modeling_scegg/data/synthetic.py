@@ -14,7 +14,12 @@ relies on:
   attribute's regions; every region also gets background clutter and Gaussian noise, and the
   result is clipped at 0 like a post-ReLU ResNet map;
 * attribute word vectors are a fixed random projection of the prototypes plus noise, so related
-  attributes have related word vectors, as with GloVe.
+  attributes have related word vectors, as with GloVe;
+* optionally, two properties of region features of real pictures that attribute vectors do not
+  capture: an attribute looks different on different classes (``class_appearance``: a zebra's
+  stripes are not a tiger's), and every class has a look of its own that no attribute describes
+  (``class_signature``: the visual-semantic gap, which makes seen classes far easier to tell apart
+  in the features than in their attribute vectors, and cannot be generated for unseen classes).
 
 Splits mirror xlsa17: trainval ("train") and test_seen from the seen classes (about 20% of their
 images in test_seen), test_unseen from the unseen classes, and train_sub / val where val holds
@@ -82,6 +87,8 @@ class SyntheticConfig:
     intensity_noise: float = 0.3
     clutter: float = 0.6
     word_noise: float = 0.5
+    class_appearance: float = 0.0
+    class_signature: float = 0.0
     with_global: bool = True
     seed: int = 0
 
@@ -110,6 +117,10 @@ class SyntheticConfig:
         for name in ("attribute_density", "prototype_density"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"SyntheticConfig.{name} must lie in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.class_appearance <= 1:
+            raise ValueError(f"SyntheticConfig.class_appearance must lie in [0, 1], got {self.class_appearance}")
+        if self.class_signature < 0:
+            raise ValueError(f"SyntheticConfig.class_signature must be >= 0, got {self.class_signature}")
         counts = self.split_sizes or (self.train_images_per_class, self.test_seen_images_per_class,
                                       self.test_unseen_images_per_class)
         if len(counts) != 3 or min(counts) < 1:
@@ -150,6 +161,8 @@ class SyntheticWorld:
     word_vectors: np.ndarray        # (A, dv)
     unseen_class_ids: np.ndarray
     val_class_ids: np.ndarray
+    class_prototypes: np.ndarray | None = None  # (C, A, D) with class_appearance: each class's look of each attribute
+    signatures: np.ndarray | None = None        # (C, D) with class_signature: each class's look no attribute names
 
 
 def _sparse_directions(rng: np.random.Generator, rows: int, dim: int, density: float) -> np.ndarray:
@@ -185,6 +198,23 @@ def visual_ingredients(config: SyntheticConfig, rng: np.random.Generator) -> tup
     return prototypes, backgrounds, locations
 
 
+def class_ingredients(config: SyntheticConfig, prototypes: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-class attribute prototypes (C, A, D), a mix of the shared prototype and a class's own
+    direction in the share ``class_appearance``, and class signatures (C, D); None where the
+    config leaves the property off (the rendered bytes are then those of earlier versions)."""
+    class_prototypes = signatures = None
+    if config.class_appearance:
+        own = _sparse_directions(rng, config.num_classes * config.num_attributes, config.feature_dim,
+                                 config.prototype_density).reshape(config.num_classes, config.num_attributes, -1)
+        mixed = (1 - config.class_appearance) * prototypes[None] + config.class_appearance * own
+        class_prototypes = (mixed / np.linalg.norm(mixed, axis=-1, keepdims=True)).astype(np.float32)
+    if config.class_signature:
+        signatures = _sparse_directions(rng, config.num_classes, config.feature_dim, config.prototype_density)
+        signatures = signatures.astype(np.float32)
+    return class_prototypes, signatures
+
+
 def build_world(config: SyntheticConfig) -> SyntheticWorld:
     """Draw prototypes, attribute locations, class attributes, word vectors and the class split."""
     rng = np.random.default_rng([config.seed, 0])
@@ -195,6 +225,7 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
     original = _class_attributes(rng, config, seen)
     projection = rng.standard_normal((config.feature_dim, config.word_dim)) / np.sqrt(config.prototype_density)
     words = prototypes @ projection + config.word_noise * rng.standard_normal((config.num_attributes, config.word_dim))
+    class_prototypes, signatures = class_ingredients(config, prototypes, np.random.default_rng([config.seed, 4]))
     return SyntheticWorld(
         prototypes=prototypes.astype(np.float32),
         backgrounds=backgrounds.astype(np.float32),
@@ -203,6 +234,8 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
         word_vectors=words.astype(np.float32),
         unseen_class_ids=unseen.astype(np.int64),
         val_class_ids=val.astype(np.int64),
+        class_prototypes=class_prototypes,
+        signatures=signatures,
     )
 
 
@@ -237,17 +270,25 @@ def render_images(world: SyntheticWorld, labels: np.ndarray, config: SyntheticCo
     intensity = np.clip(1.0 + config.intensity_noise * rng.standard_normal((n, num_attributes)), 0.1, None)
     choice = rng.integers(0, config.locations_per_attribute, (n, num_attributes))
     region = world.locations[np.arange(num_attributes)[None, :], choice]
-    # Placement weights (n*R, A) are ~1% non-zero: a sparse product draws every present attribute.
+    # Placement weights (n*R, A) are ~1% non-zero: a sparse product draws every present attribute
+    # (with class-specific looks, over (n*R, C*A): the column names the class's own prototype).
     rows, cols = np.nonzero(present)
+    prototypes, columns = world.prototypes, cols
+    if world.class_prototypes is not None:
+        prototypes = world.class_prototypes.reshape(-1, config.feature_dim)
+        columns = labels[rows] * num_attributes + cols
     placement = scipy.sparse.csr_matrix(
-        (intensity[rows, cols].astype(np.float32), (rows * config.num_regions + region[rows, cols], cols)),
-        shape=(n * config.num_regions, num_attributes),
+        (intensity[rows, cols].astype(np.float32), (rows * config.num_regions + region[rows, cols], columns)),
+        shape=(n * config.num_regions, len(prototypes)),
     )
-    images = np.asarray(placement @ world.prototypes, dtype=np.float32).reshape(n, config.num_regions, config.feature_dim)
+    images = np.asarray(placement @ prototypes, dtype=np.float32).reshape(n, config.num_regions, config.feature_dim)
     # In-place updates: at CUB size every temporary is tens of MB.
     clutter = world.backgrounds[rng.integers(0, config.num_background, (n, config.num_regions))]
     clutter *= config.clutter * rng.random((n, config.num_regions, 1), dtype=np.float32)
     images += clutter
+    if world.signatures is not None:  # the class's own look, spread unevenly over the regions
+        weight = config.class_signature * rng.random((n, config.num_regions, 1), dtype=np.float32)
+        images += weight * world.signatures[labels][:, None]
     # Uniform noise with the standard deviation of N(0, scale^2): 5x cheaper to draw than Gaussian.
     noise = rng.random(images.shape, dtype=np.float32, out=clutter)
     noise -= 0.5

@@ -31,6 +31,7 @@ from ..optional import import_optional
 from .synthetic import (
     SyntheticConfig,
     SyntheticWorld,
+    class_ingredients,
     render_images,
     visual_ingredients,
 )
@@ -92,6 +93,17 @@ def assign_labels(
     return locs, labels, unseen, val
 
 
+def subsample_locs(locs: dict[str, np.ndarray], fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A random `fraction` of the images, every split shrunk alike and renumbered 0..M-1 (splits
+    that share images, like trainval and train / val, keep sharing them): the same class
+    structure at a fraction of the training cost."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    every = np.unique(np.concatenate(list(locs.values())))
+    kept = np.sort(rng.choice(every, max(1, int(round(fraction * len(every)))), replace=False))
+    return {name: np.searchsorted(kept, np.intersect1d(loc, kept)) for name, loc in locs.items()}
+
+
 def _class_strengths(original: np.ndarray) -> np.ndarray:
     """Attribute strengths in [0, 100] (CUB is 0-100 already, SUN 0-1, AWA2 -1..100)."""
     clipped = np.clip(original, 0.0, None)
@@ -123,11 +135,13 @@ def write_synthetic_benchmark(
     num_unseen: int | None = None,
     seed: int = 0,
     render: SyntheticConfig | None = None,
+    fraction: float = 1.0,
 ) -> Path:
     """Write benchmark `name` (its real att_splits.mat and word vectors under `metadata_dir`)
     with synthetic region features of `grid` regions x `feature_dim` channels to `out_dir`, in
     the standard layout; returns `out_dir`. `render` sets the generator's noise and clutter
-    (its sizes are replaced by the benchmark's); `num_unseen` defaults to the proposed split's."""
+    (its sizes are replaced by the benchmark's); `num_unseen` defaults to the proposed split's;
+    `fraction` keeps that share of the images (`subsample_locs`), for cheaper benchmarks."""
     metadata_dir, out_dir = Path(metadata_dir), Path(out_dir)
     if num_unseen is None and name not in PROPOSED_UNSEEN_CLASSES:
         raise ValueError(f"{name}: pass num_unseen (known benchmarks: {sorted(PROPOSED_UNSEEN_CLASSES)})")
@@ -136,14 +150,18 @@ def write_synthetic_benchmark(
     word_vectors = load_word_vectors(words_path)
     num_classes, num_attributes = table.attributes.shape
     rng = np.random.default_rng([seed, 3])
+    if fraction < 1:
+        locs = subsample_locs(locs, fraction, np.random.default_rng([seed, 5]))
     locs, labels, unseen, val = assign_labels(locs, num_classes, num_unseen or PROPOSED_UNSEEN_CLASSES[name], rng)
     config = replace(render or SyntheticConfig(), num_classes=num_classes, num_unseen=len(unseen), num_val=len(val),
                      num_attributes=num_attributes, num_regions=grid[0] * grid[1], feature_dim=feature_dim,
                      word_dim=word_vectors.shape[1], split_sizes=None, seed=seed)
     prototypes, backgrounds, locations = visual_ingredients(config, np.random.default_rng([seed, 0]))
+    class_prototypes, signatures = class_ingredients(config, prototypes, np.random.default_rng([seed, 4]))
     world = SyntheticWorld(prototypes=prototypes.astype(np.float32), backgrounds=backgrounds.astype(np.float32),
                            locations=locations, original_attributes=_class_strengths(table.original_attributes),
-                           word_vectors=word_vectors, unseen_class_ids=unseen, val_class_ids=val)
+                           word_vectors=word_vectors, unseen_class_ids=unseen, val_class_ids=val,
+                           class_prototypes=class_prototypes, signatures=signatures)
     xlsa = out_dir / "xlsa17" / "data" / name
     xlsa.mkdir(parents=True, exist_ok=True)
     (out_dir / name).mkdir(exist_ok=True)

@@ -27,10 +27,14 @@ logger = logging.getLogger(__name__)
 # Where the shipped presets are: beside the installed package (wheels), or at the top of the
 # source checkout (editable installs).
 PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__file__).resolve().parents[2] / "hub_configs")
-# The preset a standard dataset name trains with when no --config is given: of the published
+# The preset a standard dataset name trains with when no --config is given and no choice is made
+# on the run's own validation view (--preset_choice off, or data without one): of the published
 # pattern and the paper's text, the one with the higher calibrated GZSL H on the validation view
-# of that dataset's layout (benchmarks/validation_choices.py; README, "Presets").
+# of that dataset's synthetic layout (benchmarks/validation_choices.py; README, "Presets").
 DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-paper"}
+# The presets a run of a standard dataset chooses among on its own validation view
+# (`--preset_choice`): the published pattern and the paper's text of that dataset.
+PRESET_CANDIDATES = {name: [f"{name.lower()}-published", f"{name.lower()}-paper"] for name in DEFAULT_PRESETS}
 PRESET_SECTIONS = {"model", "training", "description", "sources"}
 
 BUILTIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -102,6 +106,14 @@ class SCEGGTrainingArguments:
         "validation: calibrated stacking (Chao et al. 2016), the seen-class score offset chosen on the validation view (val "
         "classes as pseudo-unseen), never on test, in a run of its own on that view; results report calibrated and raw GZSL "
         "side by side. auto: validation where the data has train_sub / val splits, else none")})
+    preset_choice: Literal["auto", "validation", "off"] = field(default="auto", metadata={"help": (
+        "validation: train every --preset_candidates preset on the validation view (val classes as pseudo-unseen) and "
+        "keep the one with the highest GZSL H there (calibrated with --calibration validation); the choice and every "
+        "candidate's validation scores go to results.json and the card. auto: validation when no --config is given, the "
+        "dataset has candidates and a validation view, else off (the preset as given)")})
+    preset_candidates: list[str] = field(default_factory=list, metadata={"help": (
+        "preset names or files --preset_choice chooses among (default: the dataset's published and paper presets, e.g. "
+        "awa2-published awa2-paper)")})
     published_protocol: Literal["off", "classifier", "full"] = field(default="off", metadata={"help": (
         "also report the published, TEST-selected numbers (labelled so, never in the model card's model-index): classifier ="
         " the best classifier epoch on test after the last stage-3 epoch; full = as the published code, classifiers trained "
@@ -221,6 +233,8 @@ def parse_training_args(argv: Sequence[str] | None = None, prog: str = "scegg tr
     preset = dataset_preset(known.config, known.dataset)
     parser.set_defaults(**preset.get("training", {}), **({"config": default} if default else {}))
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if known.config and args.preset_choice == "auto":  # the user named the preset: keep it
+        args.preset_choice = "off"
     if default:
         logger.info("--dataset %s without --config: training with its default preset %s (%s)", known.dataset, default,
                     preset_path(default))

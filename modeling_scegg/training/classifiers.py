@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from ..data.backbone import AUTOCAST_DTYPES
-from ..evaluation import calibrated_predictions, choose_seen_score_offset, zsl_scores
+from ..evaluation import calibrated_predictions, choose_seen_score_offset, mean_per_class_accuracy, zsl_scores
 from ..modeling_scegg import TFVAEGAN_BETAS
 from .common import (
     RunContext,
@@ -101,10 +101,30 @@ class ClassifierData:
                             self.unseen.tolist())
         # the symptom of a collapse to the seen classes: unseen test images called seen classes
         result["gzsl_unseen_as_seen"] = 100 * float(np.isin(predicted[len(gzsl_seen):], self.seen.numpy()).mean())
+        # and its mirror: seen test images called unseen classes
+        result["gzsl_seen_as_unseen"] = 100 * float(np.isin(predicted[:len(gzsl_seen)], self.unseen.numpy()).mean())
+        result.update(side_accuracies(gzsl_seen, gzsl_unseen, self.refs_gzsl, self.seen.numpy(), self.unseen.numpy()))
         if calibrate:
             result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(),
                                                              self.unseen.tolist())
         return result
+
+
+SIDE_KEYS = ("gzsl_seen_only", "gzsl_unseen_only")  # the same with and without a seen-score offset
+
+
+def side_accuracies(gzsl_seen: np.ndarray, gzsl_unseen: np.ndarray, refs: np.ndarray, seen: np.ndarray,
+                    unseen: np.ndarray) -> dict[str, float]:
+    """Which side a GZSL collapse comes from, in percent: the GZSL classifier restricted to the
+    seen classes on test_seen (`gzsl_seen_only`: can it still tell the seen classes apart?) and
+    to the unseen classes on test_unseen (`gzsl_unseen_only`). Neither depends on a seen-score
+    offset. A low S with a high seen-only accuracy is a bias between the sides, which calibration
+    can repair; a low seen-only accuracy no offset repairs."""
+    seen_refs, unseen_refs = refs[:len(gzsl_seen)], refs[len(gzsl_seen):]
+    seen_pred = seen[gzsl_seen[:, seen].argmax(axis=1)]
+    unseen_pred = unseen[gzsl_unseen[:, unseen].argmax(axis=1)]
+    return {"gzsl_seen_only": 100 * mean_per_class_accuracy(seen_pred, seen_refs),
+            "gzsl_unseen_only": 100 * mean_per_class_accuracy(unseen_pred, unseen_refs)}
 
 
 def prepare_classifier_data(
@@ -227,7 +247,7 @@ def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: di
     model.czsl_classifier.eval()
     results = scores(seen_score_offset=seen_score_offset)
     if seen_score_offset:
-        results["uncalibrated"] = {k: v for k, v in scores().items() if k.startswith("gzsl_")}
+        results["uncalibrated"] = {k: v for k, v in scores().items() if k.startswith("gzsl_") and k not in SIDE_KEYS}
     results.update(num_test_seen=int(len(data.test_seen_x)), num_test_unseen=int(len(data.test_unseen_x)),
                    num_synthetic_per_class=args.syn_num, classifier_epochs={"gzsl": gzsl_epochs, "czsl": czsl_epochs})
     return results, state.extra.get("scores_by_epoch", []), (gzsl, czsl)

@@ -34,6 +34,7 @@ from .classifiers import (
     train_and_evaluate_classifiers,
 )
 from .common import RunContext, silence_noisy_loggers
+from .preset_choice import choose_preset, resolve_preset_choice
 from .run_lock import run_identity, run_locked
 from .selection import has_validation_split, protocol_description, validation_view
 from .stage1 import compute_dense_features, train_stage1
@@ -203,23 +204,30 @@ def resolve_calibration(calibration: str, data: ZSLDataset) -> str:
 
 def choose_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> tuple[SCEGGTrainingArguments, dict | None]:
     """The choices that must not look at test data, made on the validation view of `data` in a
-    full run of its own under `output_dir/validation`: the calibration offset
+    full run of its own under `output_dir/validation`: the preset (`--preset_choice`, one view
+    run per candidate under `output_dir/validation/<preset>`), the calibration offset
     (`--calibration`), and with `--selection validation` the classifier epochs (and, with
     `--stage3_eval_every`, the stage-3 epochs). Returns the arguments of the real run and what
     was chosen (None when nothing is)."""
-    args = dataclasses.replace(args, calibration=resolve_calibration(args.calibration, data))
-    if args.selection != "validation" and args.calibration != "validation":
+    args = dataclasses.replace(args, calibration=resolve_calibration(args.calibration, data),
+                               preset_choice=resolve_preset_choice(args, data))
+    if args.preset_choice == "validation":
+        args, selection, record = choose_preset(args, data, _select_on_validation)
+        selection = {**selection, "preset_choice": record}
+    elif args.selection != "validation" and args.calibration != "validation":
         return args, None
-    selection = _select_on_validation(args, data)
+    else:
+        selection = _select_on_validation(args, data)
     return dataclasses.replace(args, stage3_epochs=selection["stage3_epochs"]), selection
 
 
-def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset) -> dict[str, Any]:
-    """Run everything on the validation view and read off what the real run uses: with
-    `--selection validation` the classifier epochs and, with `--stage3_eval_every`, the stage-3
-    epoch count (best GZSL H); with `--calibration validation` the seen-score offset that is best
-    for the chosen GZSL epoch (H is then the calibrated H)."""
-    view_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "validation"),
+def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset, folder: Path | None = None) -> dict[str, Any]:
+    """Run everything on the validation view (in `folder`, default `output_dir/validation`) and
+    read off what the real run uses: with `--selection validation` the classifier epochs and,
+    with `--stage3_eval_every`, the stage-3 epoch count (best GZSL H); with `--calibration
+    validation` the seen-score offset that is best for the chosen GZSL epoch (H is then the
+    calibrated H)."""
+    view_args = dataclasses.replace(args, output_dir=str(folder or Path(args.output_dir) / "validation"),
                                     published_protocol="off", push_to_hub=False, plots=False)
     view = validation_view(data, args.seed)
     _, progress = train_and_evaluate(view_args, view, view=True)
@@ -437,6 +445,8 @@ def _results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: dict, sel
         results["selection"] = selection
     if selection and "calibration" in selection:
         results["calibration"] = {**selection["calibration"], "method": CALIBRATION_LABEL}
+    if selection and "preset_choice" in selection:
+        results["preset_choice"] = selection["preset_choice"]
     if args.published_protocol != "off":
         results["published_protocol"] = published_protocol_results(args, progress)
     return results

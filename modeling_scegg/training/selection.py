@@ -22,6 +22,9 @@ def protocol_description(selection: dict, args) -> str:
     view = (f"the validation view (val classes as pseudo-unseen, {HELD_OUT_FRACTION:.0%} of train_sub images per class "
             "held out as seen)")
     chosen = []
+    if "preset_choice" in selection:
+        chosen.append(f"the preset ({selection['preset_choice']['chosen']}, among "
+                      f"{', '.join(selection['preset_choice']['candidates'])})")
     if args.selection == "validation":
         scored = selection.get("stage3_epochs_scored")
         chosen.append("classifier epochs and the stage-3 epoch count" if scored else "classifier epochs")

@@ -1,0 +1,78 @@
+"""How the synthetic proxy's features behave, without training anything: for each benchmark
+layout and proxy setting, how well the seen classes separate in the features (nearest class mean
+of mean-pooled region features, trainval -> test_seen) and how much of the attribute information
+a linear map recovers zero-shot (ridge from mean-pooled features to class attributes on the seen
+classes, nearest unseen class on test_unseen). Per-class mean accuracies, percent.
+
+    python benchmarks/proxy_realism.py --datasets AWA2 CUB SUN --fraction 0.3
+
+Region features of real pictures separate the seen classes far better than the classes'
+attribute vectors do (a class has a look of its own; an attribute looks different on different
+classes). The plain proxy carries nothing but attributes, so its seen classes are only as
+separable as their attribute vectors: on the SUN layout, 645 seen classes whose attribute vectors
+are close, almost not at all. The picture-like settings add `class_appearance` and
+`class_signature` (`modeling_scegg.data.synthetic.SyntheticConfig`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import Ridge
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modeling_scegg.data import RegionFeatureReader, load_zsl_dataset  # noqa: E402
+from modeling_scegg.data.synthetic import SyntheticConfig  # noqa: E402
+from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
+from modeling_scegg.evaluation import mean_per_class_accuracy  # noqa: E402
+
+PROXIES = {"plain": {}, "picture-like (0.3 / 0.3)": {"class_appearance": 0.3, "class_signature": 0.3},
+           "strong (0.5 / 0.5)": {"class_appearance": 0.5, "class_signature": 0.5}}
+
+
+def pooled(data, split: str) -> tuple[np.ndarray, np.ndarray]:
+    reader = RegionFeatureReader(data.splits[split])
+    return reader.take(np.arange(len(reader))).astype(np.float32).mean(axis=1), np.asarray(reader.labels)
+
+
+def separability(data) -> tuple[float, float]:
+    """(seen nearest-class-mean accuracy, ridge CZSL accuracy), percent."""
+    (x, y), (seen_x, seen_y), (unseen_x, unseen_y) = (pooled(data, s) for s in ("train", "test_seen", "test_unseen"))
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    nearest = classes[np.argmin(((seen_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)]
+    attributes, unseen = data.semantics.attributes, data.semantics.unseen_class_ids
+    predicted = Ridge(alpha=1.0).fit(x, attributes[y]).predict(unseen_x)
+    predicted /= np.linalg.norm(predicted, axis=1, keepdims=True)
+    czsl = unseen[np.argmax(predicted @ attributes[unseen].T, axis=1)]
+    return 100 * mean_per_class_accuracy(nearest, seen_y), 100 * mean_per_class_accuracy(czsl, unseen_y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["AWA2", "CUB", "SUN"])
+    parser.add_argument("--fraction", type=float, default=0.3, help="share of each benchmark's images rendered")
+    parser.add_argument("--metadata_dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--output_dir", default="outputs/proxy_realism")
+    args = parser.parse_args()
+    rows = []
+    for dataset in args.datasets:
+        for name, render in PROXIES.items():
+            root = Path(args.output_dir) / f"{dataset}-{'-'.join(f'{k}{v}' for k, v in render.items()) or 'plain'}"
+            if not (root / dataset / f"feature_map_ResNet_101_{dataset}.hdf5").is_file():
+                write_synthetic_benchmark(dataset, args.metadata_dir, root, render=SyntheticConfig(**render),
+                                          fraction=args.fraction)
+            data = load_zsl_dataset(dataset, data_dir=root, cache_dir=root / "cache")
+            rows.append((dataset, name, *separability(data)))
+            print(f"{dataset} {name}: seen {rows[-1][2]:.1f}, ridge CZSL {rows[-1][3]:.1f}", flush=True)
+    print("\n| layout | proxy | seen classes apart (nearest mean) | ridge CZSL |\n|---|---|---:|---:|")
+    for dataset, name, seen, czsl in rows:
+        print(f"| {dataset} | {name} | {seen:.1f} | {czsl:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
