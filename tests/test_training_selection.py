@@ -112,10 +112,10 @@ def test_a_candidate_keeps_the_users_flags_and_takes_the_rest_from_its_preset():
     from modeling_scegg.training.preset_choice import candidate_args
 
     args = parse_training_args(["--dataset", "AWA2", "--stage1_iters", "300"])
-    assert (args.config, args.stage1_optimizer, args.stage3_lr) == ("awa2-paper", "adam", 1e-4)
-    candidate = candidate_args(args, "awa2-published")
-    assert (candidate.config, candidate.stage1_iters, candidate.stage1_optimizer) == ("awa2-published", 300, "rmsprop")
-    assert candidate.stage3_lr == 1e-5 and candidate.model_config_overrides()["lambda_s"] == 1.0
+    assert (args.config, args.stage1_optimizer, args.stage3_lr) == ("awa2-published", "rmsprop", 1e-5)
+    candidate = candidate_args(args, "awa2-paper")
+    assert (candidate.config, candidate.stage1_iters, candidate.stage1_optimizer) == ("awa2-paper", 300, "adam")
+    assert candidate.stage3_lr == 1e-4 and candidate.model_config_overrides()["lambda_s"] == 0.1
 
 
 def test_preset_choice_trains_the_preset_with_the_best_validation_h(tmp_path):

@@ -31,7 +31,7 @@ PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__fi
 # on the run's own validation view (--preset_choice off, or data without one): of the published
 # pattern and the paper's text, the one with the higher calibrated GZSL H on the validation view
 # of that dataset's synthetic layout (benchmarks/validation_choices.py; README, "Presets").
-DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-paper"}
+DEFAULT_PRESETS = {"CUB": "cub-published", "SUN": "sun-published", "AWA2": "awa2-published"}
 # The presets a run of a standard dataset chooses among on its own validation view
 # (`--preset_choice`): the published pattern and the paper's text of that dataset.
 PRESET_CANDIDATES = {name: [f"{name.lower()}-published", f"{name.lower()}-paper"] for name in DEFAULT_PRESETS}
