@@ -113,7 +113,7 @@ def pipe_and_folder(tmp_path_factory):
 
 
 def test_one_rotated_jpeg_gives_the_backbone_the_same_pixels_on_every_path(pipe_and_folder, tmp_path):
-    """Issue 16.3: scegg predict, image-folder extraction and the pipeline (path, PIL image, bytes
+    """One reader for every path: scegg predict, image-folder extraction and the pipeline (path, PIL image, bytes
     as base64) read the EXIF-rotated picture upright, into identical pixel_values."""
     import base64
 
