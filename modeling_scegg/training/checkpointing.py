@@ -48,8 +48,12 @@ def _is_disk_full(error: BaseException, folder: Path) -> bool:
         return True
     if not any(text in str(e) for e in chain for text in _WRITE_FAILURES):
         return False
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
-    return shutil.disk_usage(existing).free < _LOW_SPACE
+    return _free_bytes(folder) < _LOW_SPACE
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space on the disk that holds `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(next((p for p in (path, *path.parents) if p.exists()), Path("/"))).free
 
 
 @contextmanager
@@ -58,13 +62,13 @@ def _writing(tmp: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError) as error:
+        full = _is_disk_full(error, tmp)  # before the unfinished checkpoint is removed and frees its space
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(error, tmp):
-            existing = next((p for p in (tmp, *tmp.parents) if p.exists()), Path("/"))
+        if full:
             raise DiskFullError(
                 errno.ENOSPC,
                 f"the disk is full: writing the checkpoint {tmp.name.removesuffix('.tmp')} in {tmp.parent} failed "
-                f"({shutil.disk_usage(existing).free // 2**20} MB free). Free some space (or choose an --output_dir "
+                f"({_free_bytes(tmp) // 2**20} MB free). Free some space (or choose an --output_dir "
                 f"on another disk) and rerun with --resume true: the last complete checkpoint is kept") from error
         raise
 

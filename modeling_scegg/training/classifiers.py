@@ -226,10 +226,9 @@ def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: di
     state = ctx.stage_state("classifiers", accelerator, per_process=False)
     shard = dict(device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes)
 
-    def scores(**options) -> dict:
-        raw = [_classifier_scores(accelerator, c, x, args.eval_batch_size)
-               for c, x in ((gzsl, data.test_seen_x), (gzsl, data.test_unseen_x), (czsl, data.test_unseen_x))]
-        return data.scores(*raw, **options)
+    def test_scores() -> list:
+        return [_classifier_scores(accelerator, c, x, args.eval_batch_size)
+                for c, x in ((gzsl, data.test_seen_x), (gzsl, data.test_unseen_x), (czsl, data.test_unseen_x))]
 
     def step(state) -> dict[str, float]:
         logs = {}
@@ -238,16 +237,17 @@ def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: di
         if state.step < czsl_epochs:
             logs["czsl_loss"] = train_epoch(czsl, data.czsl_x, data.czsl_y, state.numpy_rng, args.syn_num, steps[1], **shard)
         if score_every_epoch:
-            state.extra.setdefault("scores_by_epoch", []).append(scores(calibrate=calibrate))
+            state.extra.setdefault("scores_by_epoch", []).append(data.scores(*test_scores(), calibrate=calibrate))
         return logs
 
     run_steps(ctx, accelerator, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
     restore_forward(accelerator, gzsl, czsl)  # the final scores are what the saved model predicts
     model.gzsl_classifier.eval()
     model.czsl_classifier.eval()
-    results = scores(seen_score_offset=seen_score_offset)
+    final = test_scores()  # scored once: the calibrated and uncalibrated metrics read the same outputs
+    results = data.scores(*final, seen_score_offset=seen_score_offset)
     if seen_score_offset:
-        results["uncalibrated"] = {k: v for k, v in scores().items() if k.startswith("gzsl_") and k not in SIDE_KEYS}
+        results["uncalibrated"] = {k: v for k, v in data.scores(*final).items() if k.startswith("gzsl_") and k not in SIDE_KEYS}
     results.update(num_test_seen=int(len(data.test_seen_x)), num_test_unseen=int(len(data.test_unseen_x)),
                    num_synthetic_per_class=args.syn_num, classifier_epochs={"gzsl": gzsl_epochs, "czsl": czsl_epochs})
     return results, state.extra.get("scores_by_epoch", []), (gzsl, czsl)
