@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import EXIT_ERROR, EXIT_OK, UserError
+from .presets import shipped_presets
 
 
 def configure_logging() -> None:
@@ -227,15 +228,6 @@ def _push_dataset(args: argparse.Namespace) -> int:
 
     print(push_feature_dataset(args.folder, args.repo_id, private=args.private))
     return EXIT_OK
-
-
-def shipped_presets() -> list[str]:
-    """The preset names every --help lists, found where `training.arguments.PRESET_FOLDERS` looks
-    (beside the installed package, or at the top of a source checkout) without importing it:
-    that module loads transformers, and --help must answer at once."""
-    here = Path(__file__).resolve().parent
-    folders = (here / "hub_configs", here.parent / "hub_configs")
-    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.json")})
 
 
 def _epilog() -> str:

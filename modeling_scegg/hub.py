@@ -13,7 +13,6 @@ import fnmatch
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from huggingface_hub.repocard import metadata_load
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from .atomic import atomic_write_text
+from .data.backbone import HUB_ID, is_hub_id
 from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -46,7 +46,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SAFE_MODEL_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json",
                        "preprocessor_config.json", "README.md", "results.json")
 # a Hub repo id: ORG/NAME; anything else (./outz, outz, /data/run, a/b/c) is a local path
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w][\w.-]*$")
 # what every card metadata names as the task: the model ranks pictures among its classes, or will
 # once given the backbone its region features came from (the card says which)
 PIPELINE_TAG = "zero-shot-image-classification"
@@ -96,18 +95,12 @@ class HubOfflineError(UserError, OSError):
     """Raised instead of a client's offline / cache-miss error, saying what to download and how."""
 
 
-def is_hub_id(name: str) -> bool:
-    """Whether `name` can only mean a Hub repo: ORG/NAME, and no such local path exists."""
-    return bool(HUB_ID.match(name)) and not os.path.exists(name)
-
-
 def backbone_hub_id(config: Mapping[str, Any]) -> str | None:
     """The Hub id of the model's region backbone, when it has one (the card's ``base_model``): a
     config field naming it, or the id the embedded ResNet was loaded from."""
     backbone = config.get("backbone_config") or {}
-    for name in (config.get("backbone_hub_id"), config.get("feature_backbone_name"), config.get("backbone_name"),
-                 config.get("feature_backbone"), backbone.get("_name_or_path")):
-        if isinstance(name, str) and HUB_ID.match(name) and not os.path.isabs(name):
+    for name in (config.get("feature_backbone_name"), config.get("backbone_name"), backbone.get("_name_or_path")):
+        if isinstance(name, str) and HUB_ID.match(name):
             return name
     return None
 

@@ -1,9 +1,8 @@
 """Optional dependencies: what only some paths need is an extra of the package, imported where it
 is used, and its absence is said as a user's mistake with the command that fixes it.
 
-Extras (pyproject.toml): ``plots`` (matplotlib, scikit-learn: training's plots/, ``scegg plot``,
-image-folder attribute normalisation) and ``hdf5`` (h5py: the xlsa17 benchmark layout's region
-feature files); ``train`` is both. Predicting needs neither.
+Extras (pyproject.toml): ``plots`` (matplotlib, scikit-learn: training's plots/, ``scegg plot``)
+and ``hdf5`` (h5py: the xlsa17 benchmark layout's region feature files); ``train`` is both. Predicting needs neither.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
 def missing_extra(error: ImportError, extra: str, purpose: str) -> UserError:
     """The UserError for an ImportError of an optional dependency."""
     return UserError(f"{purpose} needs {error.name or 'a package'} ({error}), which is not installed",
-                     f"pip install 'scegg[{extra}]' (or turn the feature off, e.g. --plots false)")
+                     f"pip install 'scegg[{extra}]'" + (" (or train without plots: --plots false)" if extra == "plots" else ""))
 
 
 def require_plots() -> None:

@@ -165,12 +165,12 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
 
 _ARCHITECTURE_FIELDS = ("embedding_size", "hidden_sizes", "depths", "layer_type", "downsample_in_bottleneck")
 _STATE_DICT_FILES = ("model.safetensors", "pytorch_model.bin")  # a timm / torchvision-layout checkpoint
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w][\w.-]*$")  # ORG/NAME, the one pattern every module uses
 
 
 def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hub model id ("owner/name") rather than a local path."""
-    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+    """Whether `name` can only mean a Hub repo: ORG/NAME, and no such local path exists."""
+    return bool(HUB_ID.match(name)) and not Path(name).exists()
 
 
 def backbone_name(weights: str | os.PathLike) -> str:

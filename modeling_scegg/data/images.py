@@ -66,7 +66,6 @@ from transformers import ResNetModel
 
 from ..atomic import atomic_path, atomic_write_text
 from ..image_processing_scegg import UnusableImage, load_picture
-from ..optional import import_optional
 from .backbone import (
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
@@ -177,11 +176,11 @@ def read_class_table(path: str | os.PathLike) -> ClassTable:
 
 def normalized_attributes(table: ClassTable) -> np.ndarray:
     """Rows scaled to unit L2 norm; an all-zero row has no direction and is refused."""
-    zero = np.flatnonzero(np.linalg.norm(table.attributes, axis=1) == 0)
+    norms = np.linalg.norm(table.attributes, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
     if len(zero):
         raise ValueError(f"classes {[table.class_names[i] for i in zero]} have all-zero attributes")
-    preprocessing = import_optional("sklearn.preprocessing", "plots", "normalising class attributes")
-    return preprocessing.normalize(table.attributes, norm="l2").astype(np.float32)
+    return (table.attributes / norms).astype(np.float32)
 
 
 def list_images(image_dir: str | os.PathLike, class_names: list[str]) -> dict[str, list[str]]:

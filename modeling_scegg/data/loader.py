@@ -25,7 +25,7 @@ from huggingface_hub import HfApi
 from transformers import ResNetModel
 
 from .attribute_text import ensure_word_vectors
-from .backbone import backbone_name, model_fingerprint
+from .backbone import HUB_ID, backbone_name, model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
 from .images import load_image_folder
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 # Benchmarks of the xlsa17 layout; any other name with files in that layout under data_dir loads too.
 STANDARD_DATASETS = ("CUB", "SUN", "AWA2", "AWA1", "APY", "FLO")
 _STANDARD_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["ClassSemantics", "ZSLDataset", "default_cache_dir", "load_zsl_dataset"]
 
@@ -189,7 +188,7 @@ def _load_files(name_or_path: str, data_dir: str | os.PathLike | None, cache_dir
     standard = _standard_name(name_or_path, data_dir)
     if standard:
         return _load_standard(standard, data_dir, cache_dir)
-    if Path(name_or_path).is_dir() or _HUB_ID.match(name_or_path):
+    if Path(name_or_path).is_dir() or HUB_ID.match(name_or_path):
         return _load_hub_layout(name_or_path, cache_dir, revision)
     raise ValueError(
         f"unknown dataset '{name_or_path}': expected 'synthetic', a dataset name whose files are in the standard "

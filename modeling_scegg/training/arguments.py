@@ -20,13 +20,13 @@ from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 from transformers import HfArgumentParser
 
 from ..data.attribute_text import DEFAULT_ATTRIBUTE_ENCODER
+from ..presets import PRESET_FOLDERS, shipped_presets
 from .precision import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
 # Where the shipped presets are: beside the installed package (wheels), or at the top of the
 # source checkout (editable installs).
-PRESET_FOLDERS = (Path(__file__).resolve().parents[1] / "hub_configs", Path(__file__).resolve().parents[2] / "hub_configs")
 # The preset a standard dataset name trains with when no --config is given and no choice is made
 # on the run's own validation view (--preset_choice off, or data without one): of the published
 # pattern and the paper's text, the one with the higher calibrated GZSL H on the validation view
@@ -170,11 +170,6 @@ def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             parsed[key] = value
     return parsed
-
-
-def shipped_presets() -> list[str]:
-    """Names of the presets that ship with the package."""
-    return sorted({p.stem for folder in PRESET_FOLDERS if folder.is_dir() for p in folder.glob("*.json")})
 
 
 def preset_path(name_or_path: str | Path) -> Path:
