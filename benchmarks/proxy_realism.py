@@ -62,7 +62,8 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         for name, render in PROXIES.items():
-            root = Path(args.output_dir) / f"{dataset}-{'-'.join(f'{k}{v}' for k, v in render.items()) or 'plain'}"
+            tag = '-'.join(f'{k}{v}' for k, v in render.items()) or 'plain'
+            root = Path(args.output_dir) / f"{dataset}-{tag}-fraction{args.fraction}"  # data of another fraction is not reused
             if not (root / dataset / f"feature_map_ResNet_101_{dataset}.hdf5").is_file():
                 write_synthetic_benchmark(dataset, args.metadata_dir, root, render=SyntheticConfig(**render),
                                           fraction=args.fraction)

@@ -151,6 +151,9 @@ def save_model(
 
     push = {key: save_kwargs.pop(key) for key in ("token", "private", "commit_message") if key in save_kwargs}
     push_to_hub = save_kwargs.pop("push_to_hub", False)
+    if push_to_hub and not repo_id:
+        raise UserError("save_pretrained(..., push_to_hub=True) needs the repo to push to",
+                        "pass repo_id='ORG/NAME', or call model.push_to_hub('ORG/NAME')")
     if not save_kwargs.pop("is_main_process", True):
         return Path(folder)
     register_auto_classes()
@@ -173,7 +176,7 @@ def save_model(
     for name in stale:
         (folder / name).unlink(missing_ok=True)
     if push_to_hub:
-        push_model(folder, repo_id or folder.resolve().name, **push)
+        push_model(folder, repo_id, **push)
     return folder
 
 
@@ -185,12 +188,7 @@ def _write_weights_and_code(model: SCEGGForImageClassification, folder: Path, sa
     source = folder / f"{PACKAGE_MODEL_MODULE}.py"
     if not source.is_file():
         return
-    os.replace(source, folder / f"{REMOTE_MODEL_MODULE}.py")
-    for code in folder.glob("*.py"):
-        text = code.read_text(encoding="utf-8")
-        renamed = text.replace(f"from .{PACKAGE_MODEL_MODULE} import", f"from .{REMOTE_MODEL_MODULE} import")
-        if renamed != text:
-            code.write_text(renamed, encoding="utf-8")
+    os.replace(source, folder / f"{REMOTE_MODEL_MODULE}.py")  # no other remote-code file imports it by name
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     prefix = f"{PACKAGE_MODEL_MODULE}."
