@@ -125,10 +125,10 @@ def _rank_batch(model: SCEGGModel, names: list[str], inputs: dict[str, torch.Ten
     rows = [Prediction(name, rank_classes(row, model.config, czsl=czsl, top_k=top_k)) if torch.isfinite(row).all()
             else Prediction(name, error="non-finite scores") for name, row in zip(names, logits.cpu())]
     if attributes:
-        for row, scores, attention in zip(rows, output.attribute_scores, output.attentions):
+        class_attributes = model.class_attributes.detach().cpu()  # once per batch, not one device copy per row
+        for row, scores, attention in zip(rows, output.attribute_scores.cpu(), output.attentions):
             if not row.error:
-                explained = attribute_evidence(scores, model.config, row.predictions, model.class_attributes,
-                                               attributes, czsl)
+                explained = attribute_evidence(scores, model.config, row.predictions, class_attributes, attributes, czsl)
                 row.predictions, row.attributes, row.attentions = explained["predictions"], explained["attributes"], attention
     return rows
 
