@@ -33,9 +33,7 @@ import gradio as gr  # noqa: E402 - the environment above must be set before gra
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit: larger pictures are refused, not decoded
+from PIL import Image  # noqa: E402
 
 
 class UserError(ValueError):
@@ -102,21 +100,16 @@ def with_classes(pipe, names: list[str], attributes: np.ndarray):
 # ----------------------------------------------------------------------------------------------
 # one picture
 # ----------------------------------------------------------------------------------------------
-def read_picture(path: str | None) -> Image.Image:
-    """The uploaded file as an RGB picture, or a UserError saying why it cannot be one."""
+def read_picture(pipe, path: str | None) -> Image.Image:
+    """The uploaded file read as every path of the model reads pictures (its pipeline module's
+    `load_picture`: formats by content, bounded size, EXIF), or a UserError saying why not."""
     if not path:
         raise UserError("Upload a picture to classify it.")
-    name = os.path.basename(path)
+    reader = evidence_module(pipe)
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise UserError(f"{name}: {image.width} x {image.height} pixels is too large to decode safely")
-            image.load()
-            return image.convert("RGB")
-    except UnidentifiedImageError as error:
-        raise UserError(f"{name} is not a picture this app can read (PIL cannot identify it)") from error
-    except OSError as error:
-        raise UserError(f"{name} could not be read: the picture data is broken ({error})") from error
+        return reader.load_picture(path, getattr(pipe.image_processor, "decode_size", None))
+    except reader.UnusableImage as error:
+        raise UserError(f"{os.path.basename(path)} could not be read: {error}") from error
 
 
 def explain(pipe, picture: Image.Image, settings: Settings) -> dict:
@@ -153,8 +146,9 @@ def tables(result: dict) -> tuple[dict, dict, list, list, list]:
 def rank_of(pipe, picture: Image.Image, names: list[str]) -> str:
     """Where the added classes rank for the current picture, among all and among unseen classes."""
     config = pipe.model.config
-    gzsl = [p["label"] for p in pipe(picture, top_k=config.num_classes)]
-    czsl = [p["label"] for p in pipe(picture, top_k=config.num_classes, czsl=True)]
+    outputs = pipe.forward(pipe.preprocess(picture))  # one backbone pass, read for both rankings
+    gzsl = [p["label"] for p in pipe.postprocess(outputs, top_k=config.num_classes)]
+    czsl = [p["label"] for p in pipe.postprocess(outputs, top_k=config.num_classes, czsl=True)]
     return "; ".join(f"{name} ranks #{gzsl.index(name) + 1} of {len(gzsl)} (GZSL) and #{czsl.index(name) + 1} "
                      f"of {len(czsl)} (CZSL) for this picture" for name in names)
 
@@ -218,7 +212,7 @@ class Demo:
         """Everything the page shows for the uploaded picture; a bad file only changes the status."""
         pipe = session or self.pipe
         try:
-            picture = read_picture(path)
+            picture = read_picture(pipe, path)
             settings = Settings(int(top_k), int(attributes), tuple(maps or ()))
             shown = tables(explain(pipe, picture, settings))
         except UserError as error:
@@ -236,7 +230,7 @@ class Demo:
             return (session, *self.classify(path, top_k, attributes, maps, session)[:-1], csv_path, f"**Error:** {error}",
                     self.describe(pipe))
         shown = self.classify(path, top_k, attributes, maps, extended)
-        where = rank_of(extended, read_picture(path), names) if path and shown[0] is not None else ""
+        where = rank_of(extended, read_picture(extended, path), names) if path and shown[0] is not None else ""
         return (extended, *shown[:-1], None, f"**Added** {', '.join(names)}. {where}", self.describe(extended))
 
 
