@@ -3,7 +3,7 @@
 
 `pipeline(TASK, model=REPO, trust_remote_code=True)` finds these classes through
 `custom_pipelines` in the checkpoint's config.json. The first is transformers' image-classification
-pipeline (the checkpoint's image processor, batching) with three differences:
+pipeline (the checkpoint's image processor, batching) with four differences:
 
 * pictures (paths, URLs, base64 strings, PIL images) are read by the image processor's
   ``load_picture``, as ``scegg predict`` and training read them: the same formats, sizes, EXIF
@@ -20,10 +20,8 @@ pipeline (the checkpoint's image processor, batching) with three differences:
 
 `SCEGGZeroShotImageClassificationPipeline` ranks a picture among `candidate_labels`, any classes the
 model knows (seen, unseen or added after training), with scores summing to 1 over the candidates,
-as transformers' CLIP pipeline does; it reads pictures the same way.
-
-With `return_attributes=K` (and `attention_maps`) the image-classification pipeline also explains
-each prediction in attributes (:func:`attribute_evidence`, :func:`attention_overlays`).
+as transformers' CLIP pipeline does; it reads pictures the same way and explains its candidates
+with the same `return_attributes` / `attention_maps`.
 
 This file depends only on transformers, torch, numpy, PIL and the image processor's file, so it
 travels to the Hub as remote code.
