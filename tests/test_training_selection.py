@@ -11,7 +11,7 @@ from modeling_scegg import SCEGGModel
 from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
 from modeling_scegg.evaluation import evaluate_model
 from modeling_scegg.training import parse_training_args, run_pipeline
-from modeling_scegg.training.pipeline import load_data
+from modeling_scegg.training.loading import load_data
 from modeling_scegg.training.selection import validation_view
 
 
