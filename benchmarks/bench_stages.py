@@ -533,6 +533,7 @@ def run_units(args) -> None:
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
             if args.profile:
                 print_profile(stage, units["ours"])
+            ctx.accelerator.free_memory()  # as between a run's stages: the next unit's save_state holds only its own
         after = matmul_peak(torch.float32, device, args.matmul_size)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:

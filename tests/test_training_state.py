@@ -59,13 +59,13 @@ def test_validation_choice_writes_the_selection_keys_users_read():
 def test_the_view_scores_every_epoch_and_the_real_run_trains_with_the_choice():
     args = parse_training_args(["--calibration", "validation", "--selection", "validation", "--stage3_eval_every", "2"])
     view = RunPlan.for_view(args)
-    assert view.is_view and view.choose_offset and view.score_every_classifier_epoch and view.stage3_score_every == 2
+    assert view.choose_offset and view.score_every_classifier_epoch and view.stage3_score_every == 2
     assert view.classifier_epochs is None and view.seen_score_offset == 0.0
     choice = ValidationChoice(stage3_epochs=2, validation_scores={}, validation_unseen_classes=[],
                               stage3_epochs_scored=[2], classifier_epochs=(3, 1),
                               calibration=OffsetChoice(seen_score_offset=1.25, validation_gzsl_h={}))
     real = RunPlan.for_real_run(args, choice)
-    assert not (real.is_view or real.choose_offset or real.score_every_classifier_epoch or real.stage3_score_every)
+    assert not (real.choose_offset or real.score_every_classifier_epoch or real.stage3_score_every)
     assert (real.classifier_epochs, real.seen_score_offset) == ((3, 1), 1.25)
     published = RunPlan.for_real_run(parse_training_args(["--published_protocol", "full"]), None)
     assert published.stage3_score_every == 1 and not published.choose_offset

@@ -115,7 +115,6 @@ class RunPlan:
     is chosen by. The real run scores test data once, after the last epoch, unless the labelled
     published protocol asks for more; it trains with what was chosen on validation."""
 
-    is_view: bool
     stage3_score_every: int
     score_every_classifier_epoch: bool
     choose_offset: bool
@@ -123,12 +122,12 @@ class RunPlan:
 
     @classmethod
     def for_view(cls, args: SCEGGTrainingArguments) -> RunPlan:
-        return cls(is_view=True, stage3_score_every=args.stage3_eval_every, score_every_classifier_epoch=True,
+        return cls(stage3_score_every=args.stage3_eval_every, score_every_classifier_epoch=True,
                    choose_offset=args.calibration == "validation")
 
     @classmethod
     def for_real_run(cls, args: SCEGGTrainingArguments, choice: ValidationChoice | None) -> RunPlan:
-        return cls(is_view=False, stage3_score_every=int(args.published_protocol == "full"),
+        return cls(stage3_score_every=int(args.published_protocol == "full"),
                    score_every_classifier_epoch=args.published_protocol == "classifier", choose_offset=False,
                    choice=choice)
 
