@@ -50,7 +50,8 @@ def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:
     test_unseen = val; the val classes become the unseen classes."""
     if not has_validation_split(data):
         raise ValueError(
-            f"--selection validation needs train_sub / val splits (xlsa17 train_loc / val_loc, or the "
+            f"choosing on validation (--selection, --calibration or --preset_choice validation) needs "
+            f"train_sub / val splits (xlsa17 train_loc / val_loc, or the "
             f"synthetic generator's num_val > 0); dataset {data.name} has splits {sorted(data.splits)}"
         )
     train_sub = data.splits["train_sub"]
