@@ -25,7 +25,7 @@ from accelerate.utils import get_grad_scaler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..modeling_scegg import SCEGGModel
+from ..modeling_scegg import SCEGGModel, adam
 from .arguments import SCEGGTrainingArguments
 from .checkpointing import CheckpointManager, StageState
 
@@ -88,16 +88,6 @@ def run_steps(
     bar.close()
     ctx.history.update({k: [tuple(p) for p in v] for k, v in history.items()})
     return history
-
-
-def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
-    """torch's Adam in its fused form where the parameters' device has one (CPU, CUDA): one
-    kernel per tensor instead of a dozen passes over it, the same update. For the 4096-wide
-    TF-VAEGAN layers the unfused update costs more than a critic step's matrix products on a CPU
-    (5x slower than fused, see benchmarks/README.md)."""
-    params = list(params)
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
 
 
 def scen_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
