@@ -135,7 +135,7 @@ def test_selected_offset_ceiling(out: Path, cache: dict[str, torch.Tensor]) -> d
     refs = torch.cat([cache["test_seen/labels"], cache["test_unseen/labels"]]).numpy()
     best = choose_seen_score_offset(np.concatenate(scores), refs, model.config.seen_class_ids,
                                     model.config.unseen_class_ids)
-    return {"test_selected_offset": best["gamma"], "test_selected_h": 100 * best["harmonic_mean"]}
+    return {"test_selected_offset": best["seen_score_offset"], "test_selected_h": best["gzsl_h"]}
 
 
 def metrics(out: Path, seed: int, ceiling: bool = False) -> dict[str, float]:

@@ -120,7 +120,7 @@ def build_context(args, layout: Layout, output_dir: Path):
     from modeling_scegg.training import parse_training_args
     from modeling_scegg.training.checkpointing import CheckpointManager
     from modeling_scegg.training.common import RunContext
-    from modeling_scegg.training.pipeline import build_config, load_data
+    from modeling_scegg.training.loading import build_config, load_data
 
     train_args = parse_training_args(training_argv(args, layout, output_dir))
     data = load_data(train_args)
@@ -354,7 +354,7 @@ def unit_stage1(ctx, data, reference):
     from modeling_scegg.training.stage1 import prepare_stage1, stage1_step
 
     run = prepare_stage1(ctx, RegionFeatureReader(data.splits["train"]))
-    state = ctx.stage_state("stage1", run.accelerator)
+    state = ctx.stage_state("stage1")
     trainer = ref.Stage1(reference, ref.ReferenceSettings(batch_size=ctx.args.batch_size))
     return {"ours": lambda: stage1_step(run, state), "reference": trainer.step}
 
@@ -374,13 +374,13 @@ def unit_cache(ctx, data, reference):
     return {"ours": lambda: compute_dense_features(ctx, reader, True), "reference": published}
 
 
-def _train_cache(ctx, data) -> dict[str, torch.Tensor]:
+def _train_cache(ctx, data):
     from modeling_scegg.data import RegionFeatureReader
     from modeling_scegg.training.stage1 import compute_dense_features
 
     cache = compute_dense_features(ctx, RegionFeatureReader(data.splits["train"]), True)
-    ctx.model.scen.fit_scaler(cache["features"])
-    cache["features"] = ctx.model.scen.scale(cache["features"]).detach()
+    ctx.model.scen.fit_scaler(cache.features)
+    cache.features = ctx.model.scen.scale(cache.features).detach()
     return cache
 
 
@@ -392,14 +392,14 @@ def unit_stage2(ctx, data, reference):
     from modeling_scegg.training.stage2 import prepare_stage2, stage2_step
 
     run = prepare_stage2(ctx, _train_cache(ctx, data))
-    state = ctx.stage_state("stage2", run.accelerator)
+    state = ctx.stage_state("stage2")
     return {"ours": lambda: stage2_step(run, state), "reference": _reference_stage2(ctx, reference).step}
 
 
 def unit_stage3(ctx, data, reference):
     from modeling_scegg.training import stage3
 
-    state = stage3._stage3_state(ctx, ctx.make_accelerator(), _train_cache(ctx, data))
+    state = stage3._stage3_state(ctx, _train_cache(ctx, data))
 
     def ours():
         stage3.training_pass(state, with_feedback=False)
@@ -415,13 +415,13 @@ def unit_classifier(ctx, data, reference):
         prepare_classifier_data,
         train_epoch,
     )
+    from modeling_scegg.training.state import FeatureCache, SplitFeatures
 
-    cache = _train_cache(ctx, data)
-    tests = {split: {"features": cache["features"][:64], "labels": cache["labels"][:64]}
-             for split in ("test_seen", "test_unseen")}
-    model, args = ctx.model, ctx.args
-    accelerator = ctx.make_accelerator()
-    prepared = prepare_classifier_data(ctx, cache, tests, autocast_dtype(accelerator.mixed_precision))
+    train = _train_cache(ctx, data)
+    test = SplitFeatures(features=train.features[:64], labels=train.labels[:64])
+    model, args, accelerator = ctx.model, ctx.args, ctx.accelerator
+    prepared = prepare_classifier_data(ctx, FeatureCache(train=train, test_seen=test, test_unseen=test),
+                                       autocast_dtype(accelerator.mixed_precision))
     nets = accelerator.prepare(model.gzsl_classifier.train(), model.czsl_classifier.train())
     steps = _classifier_steps(accelerator, nets, args.classifier_lr)
     rng = np.random.default_rng(0)
@@ -467,8 +467,8 @@ def unit_inference(ctx, data, reference):
 def unit_checkpoint(ctx, data, reference):
     from modeling_scegg.training import stage3
 
-    accelerator = ctx.make_accelerator()
-    state = stage3._stage3_state(ctx, accelerator, _train_cache(ctx, data))
+    accelerator = ctx.accelerator
+    state = stage3._stage3_state(ctx, _train_cache(ctx, data))
     stage3.training_pass(state, with_feedback=False)  # optimizer moments exist, as in a running stage
     def save():
         state.stream.step += 1  # a new step folder each time, as in training
@@ -544,6 +544,7 @@ def run_units(args) -> None:
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
             if args.profile:
                 print_profile(stage, units["ours"])
+            ctx.accelerator.free_memory()  # as between a run's stages: the next unit's save_state holds only its own
         after = matmul_peak(torch.float32, device, args.matmul_size)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:
@@ -598,7 +599,7 @@ def child_end_to_end(args) -> dict:
     from tqdm.auto import tqdm
 
     from modeling_scegg.training import parse_training_args
-    from modeling_scegg.training.pipeline import build_config, load_data
+    from modeling_scegg.training.loading import build_config, load_data
 
     train_args = parse_training_args(training_argv(args, layout, out))
     data = load_data(train_args)
@@ -617,7 +618,7 @@ def run_end_to_end(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from modeling_scegg.training import parse_training_args
-    from modeling_scegg.training.pipeline import load_data
+    from modeling_scegg.training.loading import load_data
 
     with tempfile.TemporaryDirectory(prefix="bench-stages-e2e-") as tmp:
         load_data(parse_training_args(training_argv(args, layout, Path(tmp) / "convert")))  # convert once, untimed

@@ -34,6 +34,7 @@ from modeling_scegg.training import (  # noqa: E402
 )
 from modeling_scegg.training.arguments import read_preset  # noqa: E402
 from modeling_scegg.training.classifiers import best_epochs  # noqa: E402
+from modeling_scegg.training.state import RunPlan  # noqa: E402
 
 
 def candidates(dataset: str) -> dict[str, list[str]]:
@@ -53,8 +54,8 @@ def view_scores(dataset: str, data_dir: Path, flags: list[str], seed: int, out: 
             "--calibration", "validation", *SCHEDULE, "--stage3_epochs", str(STAGE3_EPOCHS[dataset]), *flags,
             "--resume", str((out / "checkpoints").is_dir()).lower(), "--model_overrides", *WIDTHS]
     args = parse_training_args(argv)
-    _, progress = train_and_evaluate(args, validation_view(load_data(args), seed), view=True)
-    last = progress["scores_by_epoch"][-1:]  # the fixed schedule's last classifier epoch
+    _, view_run = train_and_evaluate(args, validation_view(load_data(args), seed), plan=RunPlan.for_view(args))
+    last = view_run.progress.scores.by_classifier_epoch[-1:]  # the fixed schedule's last classifier epoch
     scores = {"czsl_acc": last[0]["czsl_acc"], "gzsl_h": last[0]["gzsl_h"],
               "gzsl_h_calibrated": best_epochs(last, calibrated=True)["gzsl_h"]}
     (out / "view_scores.json").write_text(json.dumps(scores))

@@ -5,8 +5,9 @@
     accelerate launch --multi_gpu --num_processes 4 examples/train_stages.py ...
     python examples/train_stages.py --help               # every flag (the same as `scegg train`)
 
-Each stage builds its own `Accelerator`, prepares only the networks it trains and checkpoints
-them every `--checkpoint_every` steps; `--resume true` continues a killed run where it stopped.
+A run has one `Accelerator`; each stage prepares on it only the networks it trains, checkpoints
+them every `--checkpoint_every` steps and releases them when it ends; `--resume true` continues a
+killed run where it stopped.
 """
 import sys
 
@@ -37,11 +38,11 @@ def main(argv=None) -> int:
     # What must not be chosen on test data is chosen on the validation view (val classes as
     # pseudo-unseen), in a whole run of its own: the calibrated-stacking offset and, with
     # --selection validation, the classifier (and stage-3) epochs.
-    args, selection = choose_on_validation(args, data)
+    args, choice = choose_on_validation(args, data)
 
     # The model, sized from the data, with the class semantics installed (or, with --resume,
     # the newest snapshot; stages it already finished are skipped below).
-    run = start_run(args, data, selection)
+    run = start_run(args, data, choice)
 
     # Stage 1, the SCEN: attribute attention over regions (Eq. 1-3) and semantic compression
     # (Eq. 4-5), trained with L_S1 = L_LCE + lambda_g L_GCE (Eq. 6, 7, 16). Then the dense

@@ -8,10 +8,10 @@ from pathlib import Path
 from accelerate import PartialState
 
 from modeling_scegg.training import parse_training_args, run_pipeline
-from modeling_scegg.training import pipeline as pipeline_module
+from modeling_scegg.training import runner as runner_module
 
 captured = {}
-original = pipeline_module.RunContext
+original = runner_module.RunContext
 
 
 def capturing_context(*args, **kwargs):
@@ -20,7 +20,7 @@ def capturing_context(*args, **kwargs):
     return context
 
 
-pipeline_module.RunContext = capturing_context
+runner_module.RunContext = capturing_context
 results = run_pipeline(parse_training_args(sys.argv[1:]))
 state = PartialState()
 digest = hashlib.sha256()

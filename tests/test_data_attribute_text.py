@@ -9,7 +9,7 @@ from test_data_xlsa17 import write_standard_layout
 from modeling_scegg.data import SyntheticConfig, load_zsl_dataset, save_zsl_dataset_to_hub_layout
 from modeling_scegg.data.attribute_text import attribute_name_to_text, embed_attribute_names
 from modeling_scegg.training import parse_training_args
-from modeling_scegg.training.pipeline import build_config, load_data
+from modeling_scegg.training.loading import build_config, load_data
 
 TINY = SyntheticConfig(num_classes=6, num_unseen=2, num_val=1, num_attributes=4, num_regions=3, feature_dim=5,
                        word_dim=7, train_images_per_class=3, test_seen_images_per_class=1, test_unseen_images_per_class=2)

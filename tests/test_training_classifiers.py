@@ -7,23 +7,18 @@ from conftest import tiny_config_kwargs
 from torch import nn
 
 from modeling_scegg import SCEGGConfig, SCEGGModel
-from modeling_scegg.training.arguments import SCEGGTrainingArguments
-from modeling_scegg.training.checkpointing import CheckpointManager
-from modeling_scegg.training.classifiers import autocast_dtype, classifier_inputs, side_accuracies
-from modeling_scegg.training.common import RunContext
+from modeling_scegg.training.classifiers import autocast_dtype, side_accuracies
 
 
-def test_inputs_of_several_parts_are_those_of_their_concatenation(tmp_path):
+def test_inputs_of_several_parts_are_those_of_their_concatenation():
     torch.manual_seed(0)
     model = SCEGGModel(SCEGGConfig(**tiny_config_kwargs()))
-    ctx = RunContext(args=SCEGGTrainingArguments(output_dir=str(tmp_path), log_with="none"), model=model,
-                     accelerator=None, checkpoints=CheckpointManager(tmp_path))
     real, synthetic = torch.rand(7, 12), torch.rand(5, 12)
     whole = model.classifier_features(torch.cat([real, synthetic]))
-    parts = classifier_inputs(ctx, [real, synthetic], chunk=3)
+    parts = model.classifier_inputs([real, synthetic], chunk=3)
     assert parts.shape == (12, model.config.classifier_input_dim)
     torch.testing.assert_close(parts, whole)
-    assert classifier_inputs(ctx, [real, synthetic], torch.bfloat16).dtype == torch.bfloat16
+    assert model.classifier_inputs([real, synthetic], torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_bf16_inputs_change_nothing_a_bf16_autocast_classifier_computes(bf16_accelerator):

@@ -9,7 +9,7 @@ from pathlib import Path
 from test_training_pipeline import tiny_argv
 
 from modeling_scegg.training import parse_training_args
-from modeling_scegg.training.pipeline import load_data
+from modeling_scegg.training.loading import load_data
 
 HERE = Path(__file__).resolve().parent
 

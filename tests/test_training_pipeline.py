@@ -16,7 +16,7 @@ from PIL import Image
 from modeling_scegg import SCEGGModel
 from modeling_scegg.evaluation import evaluate_model, mean_per_class_accuracy
 from modeling_scegg.training import parse_training_args, run_pipeline
-from modeling_scegg.training.pipeline import load_data
+from modeling_scegg.training.loading import load_data
 
 TINY_DATA = ["num_classes=10", "num_unseen=3", "num_val=2", "num_attributes=8", "num_regions=4",
              "feature_dim=16", "word_dim=12", "train_images_per_class=12",
@@ -76,17 +76,6 @@ def test_published_protocol_reports_both_selection_levels(finished_run):
     assert published["gzsl_h"] == max(e["gzsl_h"] for e in per_epoch.values())
     assert per_epoch[str(published["gzsl_stage3_epoch"])]["gzsl_h"] == published["gzsl_h"]
     assert all(1 <= e["czsl_epoch"] <= 3 and 1 <= e["gzsl_epoch"] <= 3 for e in per_epoch.values())
-
-
-def test_published_protocol_classifier_level():
-    from modeling_scegg.training.pipeline import published_protocol_results
-
-    scores = [{"czsl_acc": a, "gzsl_unseen": u, "gzsl_seen": 50.0, "gzsl_h": h} for a, u, h in
-              ((10.0, 5.0, 9.0), (30.0, 6.0, 11.0), (20.0, 7.0, 10.0))]
-    args = parse_training_args(["--published_protocol", "classifier"])
-    result = published_protocol_results(args, {"scores_by_epoch": scores})
-    assert (result["czsl_acc"], result["czsl_epoch"], result["gzsl_h"], result["gzsl_epoch"]) == (30.0, 2, 11.0, 2)
-    assert "after the last stage-3 epoch" in result["label"]
 
 
 def test_saved_model_reproduces_the_reported_metrics(finished_run, cache_dir):

@@ -11,7 +11,7 @@ from modeling_scegg import SCEGGModel
 from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
 from modeling_scegg.evaluation import evaluate_model
 from modeling_scegg.training import parse_training_args, run_pipeline
-from modeling_scegg.training.pipeline import load_data
+from modeling_scegg.training.loading import load_data
 from modeling_scegg.training.selection import validation_view
 
 
@@ -35,6 +35,14 @@ def test_view_holds_out_val_classes_and_a_share_of_seen_images(data):
     assert not set(train) & set(data.semantics.unseen_class_ids)
     assert len(train) + len(held) == len(data.splits["train_sub"])
     assert len(held) == pytest.approx(0.2 * len(data.splits["train_sub"]), abs=len(set(train)))
+
+
+def test_a_view_needs_validation_classes(tmp_path):
+    config = SyntheticConfig(num_classes=6, num_unseen=2, num_val=0, num_attributes=5, num_regions=3, feature_dim=8,
+                             word_dim=4, train_images_per_class=3)
+    data = load_zsl_dataset("synthetic", cache_dir=tmp_path, synthetic_config=config)
+    with pytest.raises(ValueError, match=r"--calibration or --preset_choice validation\) needs train_sub / val splits"):
+        validation_view(data, seed=0)
 
 
 def test_stage3_selection_needs_the_validation_protocol():

@@ -10,6 +10,7 @@ from modeling_scegg.training import stage3
 from modeling_scegg.training.arguments import SCEGGTrainingArguments
 from modeling_scegg.training.checkpointing import CheckpointManager
 from modeling_scegg.training.common import RunContext
+from modeling_scegg.training.state import SplitFeatures
 
 
 def _context(tmp_path, config_overrides=None, **args) -> RunContext:
@@ -22,14 +23,14 @@ def _context(tmp_path, config_overrides=None, **args) -> RunContext:
                       checkpoints=CheckpointManager(tmp_path))
 
 
-def _cache(num: int = 10) -> dict[str, torch.Tensor]:
+def _cache(num: int = 10) -> SplitFeatures:
     labels = torch.tensor([0, 2, 3, 5] * (num // 4 + 1))[:num]
-    return {"features": torch.rand(num, 12), "labels": labels}
+    return SplitFeatures(features=torch.rand(num, 12), labels=labels)
 
 
 def test_each_network_trains_at_its_published_learning_rate(tmp_path):
     ctx = _context(tmp_path, stage3_lr=1e-3, decoder_lr=1e-4, feedback_lr=1e-5)
-    state = stage3._stage3_state(ctx, Accelerator(), _cache())
+    state = stage3._stage3_state(ctx, _cache())
     rates = {name: opt.param_groups[0]["lr"] for name, opt in state.optimizers.items()}
     assert rates == {"encoder": 1e-3, "generator": 1e-3, "critic": 1e-3, "decoder": 1e-4, "feedback": 1e-5}
     betas = {name: opt.param_groups[0]["betas"] for name, opt in state.optimizers.items()}
@@ -72,7 +73,7 @@ def test_unseen_fakes_of_eq15_are_made_without_feedback(tmp_path, prior_feedback
     """In the feedback loop, L_UCE's fakes G(eps, a_u) skip F (published); the switch restores
     the earlier behaviour of correcting them too."""
     ctx = _context(tmp_path, config_overrides={"feedback_weight": 1.0, "egs_prior_feedback": prior_feedback})
-    state = stage3._stage3_state(ctx, Accelerator(), _cache())
+    state = stage3._stage3_state(ctx, _cache())
     calls = []
     state.nets["feedback"].register_forward_hook(lambda *_: calls.append(1))
     x, a, y = stage3.draw_batch(state)
@@ -83,7 +84,7 @@ def test_unseen_fakes_of_eq15_are_made_without_feedback(tmp_path, prior_feedback
 
 def test_unseen_labels_of_eq15_are_unseen_classes(tmp_path, monkeypatch):
     ctx = _context(tmp_path)
-    state = stage3._stage3_state(ctx, Accelerator(), _cache())
+    state = stage3._stage3_state(ctx, _cache())
     captured = {}
 
     def eq13(seen_scores, seen_labels, unseen_scores, unseen_labels, lambda_s, lambda_u):

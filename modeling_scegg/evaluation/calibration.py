@@ -3,10 +3,11 @@ Learning for Object Recognition in the Wild", ECCV 2016).
 
 A GZSL classifier trained on real seen features and synthetic unseen ones tends to call real
 unseen images seen classes: they look more like the real features it saw than like the
-generated ones. Calibrated stacking subtracts one constant gamma from every seen-class score
-before the argmax. The constant must be chosen without test data; the training pipeline picks it
-on the validation view (val classes as pseudo-unseen) and the model applies it at inference
-(`SCEGGConfig.seen_score_offset`).
+generated ones. Calibrated stacking subtracts one constant, the seen-score offset (in the units
+of the classifier's scores, not a percentage), from every seen-class score before the argmax.
+The offset must be chosen without test data; the training pipeline picks it on the validation
+view (val classes as pseudo-unseen) and the model applies it at inference
+(`SCEGGConfig.seen_score_offset`, the same name and unit).
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from .metric import harmonic_mean
 GRID_POINTS = 401
 
 
-def calibrated_predictions(scores: np.ndarray, seen_class_ids: Sequence[int], gamma: float) -> np.ndarray:
-    """argmax over classes of the scores (N, C) after subtracting `gamma` from the seen classes."""
+def calibrated_predictions(scores: np.ndarray, seen_class_ids: Sequence[int], seen_score_offset: float) -> np.ndarray:
+    """argmax over classes of the scores (N, C) after subtracting `seen_score_offset` from the seen classes."""
     shifted = np.array(scores, dtype=np.float64, copy=True)
-    shifted[:, np.asarray(seen_class_ids, dtype=np.int64)] -= gamma
+    shifted[:, np.asarray(seen_class_ids, dtype=np.int64)] -= seen_score_offset
     return shifted.argmax(axis=1)
 
 
@@ -35,11 +36,12 @@ def _per_class_accuracy(correct: np.ndarray, references: np.ndarray, classes: np
 def choose_seen_score_offset(
     scores: np.ndarray, references: np.ndarray, seen_class_ids: Sequence[int], unseen_class_ids: Sequence[int]
 ) -> dict[str, float]:
-    """The gamma that maximises GZSL H on (`scores` (N, C), `references` (N,)), which must be
-    held-out data, never the test set. Every gamma between two consecutive decision changes gives
-    the same predictions, so the search runs over quantiles of the per-sample gaps between the
-    best seen and the best unseen score (and 0, the uncalibrated classifier); ties go to the
-    smallest |gamma|. Returns gamma with U, S, H (fractions) at gamma and at 0."""
+    """The seen-score offset that maximises GZSL H on (`scores` (N, C), `references` (N,)), which
+    must be held-out data, never the test set. Every offset between two consecutive decision
+    changes gives the same predictions, so the search runs over quantiles of the per-sample gaps
+    between the best seen and the best unseen score (and 0, the uncalibrated classifier); ties go
+    to the smallest |offset|. Returns `seen_score_offset` with GZSL U, S, H in percent (the keys
+    of `zsl_scores`) at it, and H at 0 (`uncalibrated_gzsl_h`)."""
     scores, references = np.asarray(scores, dtype=np.float64), np.asarray(references)
     seen, unseen = np.asarray(seen_class_ids, dtype=np.int64), np.asarray(unseen_class_ids, dtype=np.int64)
     best_seen, best_unseen = scores[:, seen].argmax(axis=1), scores[:, unseen].argmax(axis=1)
@@ -54,5 +56,6 @@ def choose_seen_score_offset(
     u_acc = _per_class_accuracy(correct[:, is_unseen], references[is_unseen], np.unique(references[is_unseen]))
     h = np.array([harmonic_mean(s, u) for s, u in zip(s_acc, u_acc)])
     best, zero = int(np.argmax(h)), int(np.flatnonzero(candidates == 0.0)[0])
-    return {"gamma": float(candidates[best]), "seen": float(s_acc[best]), "unseen": float(u_acc[best]),
-            "harmonic_mean": float(h[best]), "uncalibrated_harmonic_mean": float(h[zero])}
+    return {"seen_score_offset": float(candidates[best]), "gzsl_seen": 100 * float(s_acc[best]),
+            "gzsl_unseen": 100 * float(u_acc[best]), "gzsl_h": 100 * float(h[best]),
+            "uncalibrated_gzsl_h": 100 * float(h[zero])}

@@ -13,40 +13,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
 from ..data.backbone import AUTOCAST_DTYPES
 from ..evaluation import calibrated_predictions, choose_seen_score_offset, mean_per_class_accuracy, zsl_scores
-from ..modeling_scegg import TFVAEGAN_BETAS
+from ..modeling_scegg import check_unseen_order, classifier_epoch, classifier_optimizer
 from .common import (
     RunContext,
-    adam,
     optimizer_step,
     release_stage_memory,
     restore_forward,
     run_steps,
     sharded_map,
 )
-
-
-@torch.no_grad()
-def classifier_inputs(ctx: RunContext, parts: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32,
-                      chunk: int = 4096) -> torch.Tensor:
-    """[x, Dec(x), Dec_hidden(x)] (or x) for the rows of all `parts`, chunk by chunk into one
-    preallocated tensor of `dtype` (concatenating chunks or parts would hold every row twice: at
-    CUB size ~0.4 GB more)."""
-    model = ctx.model
-    device = model.class_attributes.device
-    out = torch.empty(sum(len(part) for part in parts), model.config.classifier_input_dim, dtype=dtype)
-    start = 0
-    for part in parts:
-        for i in range(0, len(part), chunk):
-            rows = model.classifier_features(part[i:i + chunk].to(device))
-            out[start:start + len(rows)] = rows.cpu()
-            start += len(rows)
-    return out
+from .state import FeatureCache, Scores
 
 
 def autocast_dtype(mixed_precision: str) -> torch.dtype:
@@ -90,11 +71,11 @@ class ClassifierData:
 
     seen: torch.Tensor
 
-    def scores(self, gzsl_seen: np.ndarray, gzsl_unseen: np.ndarray, czsl: np.ndarray, calibrate: bool = False,
-               seen_score_offset: float = 0.0) -> dict:
+    def scores(self, gzsl_seen: np.ndarray, gzsl_unseen: np.ndarray, czsl: np.ndarray, choose_offset: bool = False,
+               seen_score_offset: float = 0.0) -> Scores:
         """CZSL Acc and GZSL U / S / H in percent from the classifiers' scores on the test
-        features, the GZSL ones after `seen_score_offset`. With `calibrate` (held-out data only:
-        the validation view), also the offset that maximises H there, under "calibration"."""
+        features, the GZSL ones after `seen_score_offset`. With `choose_offset` (held-out data
+        only: the validation view), also the offset that maximises H there, under "calibration"."""
         gzsl_scores = np.concatenate([gzsl_seen, gzsl_unseen])
         predicted = calibrated_predictions(gzsl_scores, self.seen.tolist(), seen_score_offset)
         result = zsl_scores(predicted, self.refs_gzsl, self.unseen.numpy()[czsl.argmax(axis=1)], self.refs_czsl,
@@ -104,7 +85,7 @@ class ClassifierData:
         # and its mirror: seen test images called unseen classes
         result["gzsl_seen_as_unseen"] = 100 * float(np.isin(predicted[:len(gzsl_seen)], self.unseen.numpy()).mean())
         result.update(side_accuracies(gzsl_seen, gzsl_unseen, self.refs_gzsl, self.seen.numpy(), self.unseen.numpy()))
-        if calibrate:
+        if choose_offset:
             result["calibration"] = choose_seen_score_offset(gzsl_scores, self.refs_gzsl, self.seen.tolist(),
                                                              self.unseen.tolist())
         return result
@@ -127,27 +108,25 @@ def side_accuracies(gzsl_seen: np.ndarray, gzsl_unseen: np.ndarray, refs: np.nda
             "gzsl_unseen_only": 100 * mean_per_class_accuracy(unseen_pred, unseen_refs)}
 
 
-def prepare_classifier_data(
-    ctx: RunContext, train_cache: dict[str, torch.Tensor], test_caches: dict[str, dict[str, torch.Tensor]],
-    train_dtype: torch.dtype = torch.float32,
-) -> ClassifierData:
+def prepare_classifier_data(ctx: RunContext, cache: FeatureCache, train_dtype: torch.dtype = torch.float32) -> ClassifierData:
     """Real seen plus synthetic unseen features for GZSL, synthetic unseen alone for CZSL; the
     training inputs in `train_dtype` (see `autocast_dtype`), the test inputs in float32, as the
     saved model computes them."""
-    unseen = ctx.model.unseen_class_ids.cpu()
-    _check_unseen_order(unseen)
+    model, train = ctx.model, cache.train
+    unseen = model.unseen_class_ids.cpu()
+    check_unseen_order(unseen)
     syn_x, syn_y = synthesize_unseen(ctx)
-    gzsl_x = classifier_inputs(ctx, [train_cache["features"], syn_x], train_dtype)
+    gzsl_x = model.classifier_inputs([train.features, syn_x], train_dtype)
     del syn_x  # before the test inputs are computed
     return ClassifierData(
         gzsl_x=gzsl_x,
-        gzsl_y=torch.cat([train_cache["labels"], syn_y]),
-        czsl_x=gzsl_x[len(train_cache["features"]):],  # the synthetic rows, shared rather than computed twice
+        gzsl_y=torch.cat([train.labels, syn_y]),
+        czsl_x=gzsl_x[len(train.features):],  # the synthetic rows, shared rather than computed twice
         czsl_y=torch.searchsorted(unseen, syn_y),
-        test_seen_x=classifier_inputs(ctx, [test_caches["test_seen"]["features"]]),
-        test_unseen_x=classifier_inputs(ctx, [test_caches["test_unseen"]["features"]]),
-        refs_gzsl=torch.cat([test_caches["test_seen"]["labels"], test_caches["test_unseen"]["labels"]]).numpy(),
-        refs_czsl=test_caches["test_unseen"]["labels"].numpy(),
+        test_seen_x=model.classifier_inputs([cache.test_seen.features]),
+        test_unseen_x=model.classifier_inputs([cache.test_unseen.features]),
+        refs_gzsl=torch.cat([cache.test_seen.labels, cache.test_unseen.labels]).numpy(),
+        refs_czsl=cache.test_unseen.labels.numpy(),
         unseen=unseen,
         seen=ctx.model.seen_class_ids.cpu(),
     )
@@ -164,25 +143,19 @@ def train_epoch(
     rank: int = 0,
     world: int = 1,
 ) -> torch.Tensor:
-    """One shuffled pass; with several processes each takes its share of every batch. Returns
-    the mean loss, on the device."""
+    """One pass in an order drawn from the stage's `rng` (`classifier_epoch`, which the
+    add-classes refit runs too); with several processes each takes its share of every batch.
+    Returns the mean loss, on the device."""
     order = torch.from_numpy(rng.permutation(len(x)))
-    losses = []
-    for start in range(0, len(x), batch_size):
-        batch = order[start:start + batch_size]
-        if len(batch) < world:  # too short to give every process a sample: all skip it alike
-            continue
-        batch = batch[rank::world]
-        losses.append(step(F.cross_entropy(classifier(x[batch].to(device)), y[batch].to(device))))
-    return torch.stack(losses).mean()
+    return classifier_epoch(classifier, x, y, order, batch_size, step, device, rank, world)
 
 
 def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """Adam (TF-VAEGAN's lr and betas) for each classifier, as a loss -> step callable; through
-    Accelerate when the classifiers were prepared, plainly for local copies."""
+    """`classifier_optimizer` for each classifier, as a loss -> step callable; through Accelerate
+    when the classifiers were prepared, plainly for local copies."""
     steps = []
     for classifier in classifiers:
-        optimizer = adam(classifier.parameters(), lr, TFVAEGAN_BETAS)
+        optimizer = classifier_optimizer(classifier.parameters(), lr)
         if accelerator is not None:
             optimizer = accelerator.prepare(optimizer)
         steps.append(functools.partial(optimizer_step, accelerator, optimizer))
@@ -191,39 +164,35 @@ def _classifier_steps(accelerator: Accelerator | None, classifiers, lr: float) -
 
 def train_and_evaluate_classifiers(
     ctx: RunContext,
-    train_cache: dict[str, torch.Tensor],
-    test_caches: dict[str, dict[str, torch.Tensor]],
+    cache: FeatureCache,
     epochs: tuple[int, int] | None = None,
     score_every_epoch: bool = False,
-    calibrate: bool = False,
+    choose_offset: bool = False,
     seen_score_offset: float = 0.0,
-) -> tuple[dict, list[dict]]:
+) -> tuple[Scores, list[Scores]]:
     """Train both classifiers on real seen + synthetic unseen features and score the test splits.
 
     `epochs` = (GZSL, CZSL) epochs, `classifier_epochs` for both by default. With
-    `score_every_epoch` the test splits are also scored after every epoch (with `calibrate`, each
+    `score_every_epoch` the test splits are also scored after every epoch (with `choose_offset`, each
     epoch also gets the seen-score offset that is best there: for held-out data only); those
     scores are returned for a caller that selects epochs (on validation data) or reports the
     published, test-selected numbers, and never feed back into training. The final GZSL scores
     are calibrated by `seen_score_offset`, with the uncalibrated ones beside them."""
-    accelerator = ctx.make_accelerator()
     # the stage's inputs (at CUB size ~0.5 GB) are _classifier_stage's locals: gone before the heap is trimmed
-    results, by_epoch, prepared = _classifier_stage(ctx, accelerator, train_cache, test_caches,
-                                                    epochs or (ctx.args.classifier_epochs,) * 2,
-                                                    score_every_epoch, calibrate, seen_score_offset)
-    release_stage_memory(accelerator, *prepared)
+    results, by_epoch, prepared = _classifier_stage(ctx, cache, epochs or (ctx.args.classifier_epochs,) * 2,
+                                                    score_every_epoch, choose_offset, seen_score_offset)
+    release_stage_memory(ctx.accelerator, *prepared)
     return results, by_epoch
 
 
-def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: dict[str, torch.Tensor],
-                      test_caches: dict[str, dict[str, torch.Tensor]], epochs: tuple[int, int], score_every_epoch: bool,
-                      calibrate: bool, seen_score_offset: float) -> tuple[dict, list[dict], tuple[nn.Module, nn.Module]]:
-    args, model = ctx.args, ctx.model
+def _classifier_stage(ctx: RunContext, cache: FeatureCache, epochs: tuple[int, int], score_every_epoch: bool,
+                      choose_offset: bool, seen_score_offset: float) -> tuple[Scores, list[Scores], tuple[nn.Module, nn.Module]]:
+    args, model, accelerator = ctx.args, ctx.model, ctx.accelerator
     gzsl_epochs, czsl_epochs = epochs
-    data = prepare_classifier_data(ctx, train_cache, test_caches, autocast_dtype(accelerator.mixed_precision))
+    data = prepare_classifier_data(ctx, cache, autocast_dtype(accelerator.mixed_precision))
     gzsl, czsl = accelerator.prepare(model.gzsl_classifier.train(), model.czsl_classifier.train())
     steps = _classifier_steps(accelerator, (gzsl, czsl), args.classifier_lr)
-    state = ctx.stage_state("classifiers", accelerator, per_process=False)
+    state = ctx.stage_state("classifiers", per_process=False)
     shard = dict(device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes)
 
     def test_scores() -> list:
@@ -237,10 +206,10 @@ def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: di
         if state.step < czsl_epochs:
             logs["czsl_loss"] = train_epoch(czsl, data.czsl_x, data.czsl_y, state.numpy_rng, args.syn_num, steps[1], **shard)
         if score_every_epoch:
-            state.extra.setdefault("scores_by_epoch", []).append(data.scores(*test_scores(), calibrate=calibrate))
+            state.extra.setdefault("scores_by_epoch", []).append(data.scores(*test_scores(), choose_offset=choose_offset))
         return logs
 
-    run_steps(ctx, accelerator, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
+    run_steps(ctx, "classifiers", max(gzsl_epochs, czsl_epochs), state, step)
     restore_forward(accelerator, gzsl, czsl)  # the final scores are what the saved model predicts
     model.gzsl_classifier.eval()
     model.czsl_classifier.eval()
@@ -255,18 +224,17 @@ def _classifier_stage(ctx: RunContext, accelerator: Accelerator, train_cache: di
 
 def score_classifier_schedule(
     ctx: RunContext,
-    train_cache: dict[str, torch.Tensor],
-    test_caches: dict[str, dict[str, torch.Tensor]],
+    cache: FeatureCache,
     seed: Sequence[int],
-    calibrate: bool = False,
-) -> list[dict]:
+    choose_offset: bool = False,
+) -> list[Scores]:
     """Scores after every epoch of copies of both (still untrained) classifiers, trained on this
     process alone. Stage 3 calls it to score its epochs (validation data to choose its own epoch
     count; test data only for the labelled published protocol); every process computes the same
     numbers, so no communication is needed and training is untouched."""
     args, model = ctx.args, ctx.model
     device = model.class_attributes.device
-    data = prepare_classifier_data(ctx, train_cache, test_caches)
+    data = prepare_classifier_data(ctx, cache)
     gzsl, czsl = copy.deepcopy(model.gzsl_classifier).train(), copy.deepcopy(model.czsl_classifier).train()
     steps = _classifier_steps(None, (gzsl, czsl), args.classifier_lr)
     rng = np.random.default_rng(seed)
@@ -277,7 +245,7 @@ def score_classifier_schedule(
         with torch.no_grad():
             by_epoch.append(data.scores(_local_scores(gzsl, data.test_seen_x, device),
                                         _local_scores(gzsl, data.test_unseen_x, device),
-                                        _local_scores(czsl, data.test_unseen_x, device), calibrate=calibrate))
+                                        _local_scores(czsl, data.test_unseen_x, device), choose_offset=choose_offset))
     return by_epoch
 
 
@@ -285,14 +253,7 @@ def _local_scores(classifier: torch.nn.Module, x: torch.Tensor, device: torch.de
     return torch.cat([classifier(x[i:i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]).numpy()
 
 
-def _check_unseen_order(unseen: torch.Tensor) -> None:
-    """The CZSL head's outputs follow `config.unseen_class_ids`; training maps labels through the
-    sorted ids, so the config must list them sorted (the data loaders do)."""
-    if not torch.equal(unseen, unseen.sort().values):
-        raise ValueError(f"config.unseen_class_ids must be sorted, got {unseen.tolist()[:10]}")
-
-
-def best_epochs(by_epoch: list[dict], calibrated: bool = False) -> dict:
+def best_epochs(by_epoch: list[Scores], calibrated: bool = False) -> Scores:
     """The epoch with the highest CZSL accuracy and the one with the highest GZSL H (1-based),
     with their scores; with `calibrated`, H after each epoch's own best seen-score offset, which
     is returned as `seen_score_offset`. The pipeline applies it to validation scores
@@ -301,9 +262,7 @@ def best_epochs(by_epoch: list[dict], calibrated: bool = False) -> dict:
     def gzsl(entry: dict) -> dict:
         if not calibrated:
             return {k: entry[k] for k in ("gzsl_unseen", "gzsl_seen", "gzsl_h")}
-        cal = entry["calibration"]
-        return {"gzsl_unseen": 100 * cal["unseen"], "gzsl_seen": 100 * cal["seen"], "gzsl_h": 100 * cal["harmonic_mean"],
-                "seen_score_offset": cal["gamma"]}
+        return {k: entry["calibration"][k] for k in ("gzsl_unseen", "gzsl_seen", "gzsl_h", "seen_score_offset")}
 
     gzsl_index = max(range(len(by_epoch)), key=lambda i: gzsl(by_epoch[i])["gzsl_h"])
     czsl_index = max(range(len(by_epoch)), key=lambda i: by_epoch[i]["czsl_acc"])

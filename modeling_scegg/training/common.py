@@ -1,7 +1,9 @@
 """What the stage trainers share: the run context, the resumable step loop, sharded inference.
 
-Each stage builds its own `Accelerator`, prepares only the networks it trains and saves only
-those with `save_state`, so a checkpoint of stage 3 never depends on how stage 1 was prepared.
+A run has one `Accelerator`. Each stage prepares on it only the networks it trains and, when it
+ends, hands it back as it found it (`release_stage_memory`: the networks' own forward back,
+Accelerate's references to them dropped, a fresh loss scale), so `save_state` in stage 3 saves
+only stage 3's networks and a checkpoint never depends on how stage 1 was prepared.
 Randomness comes from per-stage, per-process streams (`StageState`) that are checkpointed, which
 is what makes a resumed run end with the same numbers as an uninterrupted one.
 """
@@ -19,10 +21,11 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import get_grad_scaler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..modeling_scegg import SCEGGModel
+from ..modeling_scegg import SCEGGModel, adam
 from .arguments import SCEGGTrainingArguments
 from .checkpointing import CheckpointManager, StageState
 
@@ -33,9 +36,10 @@ _STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "stage3": 3, "classifiers": 4}
 
 @dataclass
 class RunContext:
-    """Shared state of one pipeline run. `accelerator` is the run's own Accelerator: it logs to
-    the trackers (TensorBoard), owns the process group that barriers use and says which process
-    is the main one; each stage builds another for the networks it trains (`make_accelerator`)."""
+    """Shared state of one pipeline run. `accelerator` is the run's one Accelerator: it logs to
+    the trackers (TensorBoard), owns the process group that barriers use, says which process is
+    the main one, and prepares what each stage trains (released at the stage's end). `history`
+    is the run's loss history, which its snapshots record."""
 
     args: SCEGGTrainingArguments
     model: SCEGGModel
@@ -43,14 +47,11 @@ class RunContext:
     checkpoints: CheckpointManager
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
-    def make_accelerator(self) -> Accelerator:
-        return Accelerator(mixed_precision=self.args.mixed_precision)
-
-    def stage_state(self, stage: str, accelerator: Accelerator, per_process: bool = True) -> StageState:
+    def stage_state(self, stage: str, per_process: bool = True) -> StageState:
         """A random stream per (run seed, stage[, process]): with `per_process` ranks draw
         different batches; without, they share one stream (to agree on a shuffle)."""
         seed = self.args.seed * 1_000 + _STAGE_OFFSETS[stage] * 100
-        return StageState(seed=seed + accelerator.process_index if per_process else seed)
+        return StageState(seed=seed + self.accelerator.process_index if per_process else seed)
 
     def log(self, stage: str, values: dict[str, float], step: int) -> None:
         self.accelerator.log({f"{stage}/{k}": v for k, v in values.items()}, step=step)
@@ -58,7 +59,6 @@ class RunContext:
 
 def run_steps(
     ctx: RunContext,
-    accelerator: Accelerator,
     stage: str,
     num_steps: int,
     state: StageState,
@@ -66,6 +66,7 @@ def run_steps(
 ) -> dict[str, list[tuple[int, float]]]:
     """Run `step_fn` until `num_steps`, checkpointing every `checkpoint_every` steps and
     continuing from the newest checkpoint with `--resume`. Returns the stage's loss history."""
+    accelerator = ctx.accelerator
     if ctx.args.resume and (folder := ctx.checkpoints.latest_step(stage)) is not None:
         ctx.checkpoints.load_step(accelerator, folder, state)
         logger.info(f"{stage}: resumed at step {state.step} from {folder}", main_process_only=True)
@@ -87,16 +88,6 @@ def run_steps(
     bar.close()
     ctx.history.update({k: [tuple(p) for p in v] for k, v in history.items()})
     return history
-
-
-def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
-    """torch's Adam in its fused form where the parameters' device has one (CPU, CUDA): one
-    kernel per tensor instead of a dozen passes over it, the same update. For the 4096-wide
-    TF-VAEGAN layers the unfused update costs more than a critic step's matrix products on a CPU
-    (5x slower than fused, see benchmarks/README.md)."""
-    params = list(params)
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
 
 
 def scen_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
@@ -156,14 +147,20 @@ def restore_forward(accelerator: Accelerator, *prepared: torch.nn.Module) -> Non
 
 def release_stage_memory(accelerator: Accelerator, *prepared: torch.nn.Module) -> None:
     """End a stage: its `prepared` networks get their own forward back (`restore_forward`) and
-    drop their gradients, and what it allocated goes back to the system: Accelerate's
-    references, cycles, and the freed heap pages that glibc keeps (after stage 3 at 7 x 7 x 512,
-    ~300 MB of optimizer state would otherwise stay resident into the classifier stage; at
-    14 x 14 x 2048 the EGGN's gradients are another 300 MB)."""
+    drop their gradients; the run's accelerator forgets what the stage prepared (so the next
+    stage's `save_state` holds only its own networks) and starts the next stage at a fresh fp16
+    loss scale, as a resumed stage does; and what the stage allocated goes back to the system:
+    cycles, and the freed heap pages that glibc keeps (after stage 3 at 7 x 7 x 512, ~300 MB of
+    optimizer state would otherwise stay resident into the classifier stage; at 14 x 14 x 2048
+    the EGGN's gradients are another 300 MB)."""
     restore_forward(accelerator, *prepared)
     for module in prepared:
         module.zero_grad(set_to_none=True)
     accelerator.free_memory()
+    if accelerator.scaler is not None:
+        handler = accelerator.scaler_handler
+        fresh = get_grad_scaler(accelerator.distributed_type, **(handler.to_kwargs() if handler else {}))
+        accelerator.scaler.load_state_dict(fresh.state_dict())
     gc.collect()
     trim_heap()
 

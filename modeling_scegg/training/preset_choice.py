@@ -22,6 +22,7 @@ from typing import Any, Callable
 from ..data import ZSLDataset
 from .arguments import PRESET_CANDIDATES, SCEGGTrainingArguments, read_preset
 from .selection import has_validation_split
+from .state import ValidationChoice
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ CRITERION = "GZSL H on the validation view (calibrated when --calibration valida
 # per candidate, what results.json keeps of its view scores
 _RECORDED = ("gzsl_h", "gzsl_unseen", "gzsl_seen", "czsl_acc", "seen_score_offset")
 
-ViewScorer = Callable[[SCEGGTrainingArguments, ZSLDataset, Path], dict[str, Any]]
+ViewScorer = Callable[[SCEGGTrainingArguments, ZSLDataset, Path], ValidationChoice]
 
 
 def preset_candidates(args: SCEGGTrainingArguments) -> list[str]:
@@ -59,7 +60,7 @@ def candidate_args(args: SCEGGTrainingArguments, preset: str) -> SCEGGTrainingAr
 
 
 def choose_preset(args: SCEGGTrainingArguments, data: ZSLDataset,
-                  score_view: ViewScorer) -> tuple[SCEGGTrainingArguments, dict[str, Any], dict[str, Any]]:
+                  score_view: ViewScorer) -> tuple[SCEGGTrainingArguments, ValidationChoice, dict[str, Any]]:
     """Score every candidate with `score_view(candidate_args, data, view_folder)` (which returns
     what the pipeline chose on the view, with its `validation_scores`) and keep the best by
     validation H. Returns the winner's arguments, its view selection, and the record of the
@@ -69,10 +70,10 @@ def choose_preset(args: SCEGGTrainingArguments, data: ZSLDataset,
     for preset in preset_candidates(args):
         candidate = candidate_args(args, preset)
         scored[preset] = (candidate, score_view(candidate, data, root / Path(preset).stem))
-        logger.info("preset %s: validation H %.2f", preset, scored[preset][1]["validation_scores"]["gzsl_h"])
-    chosen = max(scored, key=lambda name: scored[name][1]["validation_scores"]["gzsl_h"])
+        logger.info("preset %s: validation H %.2f", preset, scored[preset][1].validation_scores["gzsl_h"])
+    chosen = max(scored, key=lambda name: scored[name][1].validation_scores["gzsl_h"])
     record = {"mode": "validation", "chosen": chosen, "criterion": CRITERION,
-              "candidates": {name: {k: view["validation_scores"][k] for k in _RECORDED if k in view["validation_scores"]}
+              "candidates": {name: {k: view.validation_scores[k] for k in _RECORDED if k in view.validation_scores}
                              for name, (_, view) in scored.items()}}
     logger.info("--preset_choice validation: training with %s", chosen)
     return scored[chosen][0], scored[chosen][1], record

@@ -1,9 +1,11 @@
 """Honest model selection: the validation view of a dataset, in which the classes of the xlsa17
-`val_loc` split (held out of `train_loc`) act as unseen classes.
+`val_loc` split (held out of `train_loc`) act as unseen classes, and what is chosen on it.
 
-A run with `--selection validation` first trains the whole pipeline on this view, scores the
-classifiers after every epoch on the view's held-out images, picks the epochs there, and then
-trains on the real splits with those epochs. The test splits are never looked at to choose.
+A run that chooses anything (`--calibration validation`, `--selection validation`,
+`--preset_choice validation`) first trains the whole pipeline on this view, scores the
+classifiers after every epoch on the view's held-out images, reads its choices off those scores
+(`choice_from_view`), and then trains on the real splits with them. The test splits are never
+looked at to choose.
 """
 from __future__ import annotations
 
@@ -13,24 +15,27 @@ import numpy as np
 from datasets import DatasetDict
 
 from ..data import ZSLDataset
+from .arguments import SCEGGTrainingArguments
+from .classifiers import best_epochs
+from .state import EpochScores, OffsetChoice, ValidationChoice
 
 HELD_OUT_FRACTION = 0.2
 
 
-def protocol_description(selection: dict, args) -> str:
+def protocol_description(choice: ValidationChoice, args: SCEGGTrainingArguments) -> str:
     """What results.json and the card say about how the reported model was chosen."""
     view = (f"the validation view (val classes as pseudo-unseen, {HELD_OUT_FRACTION:.0%} of train_sub images per class "
             "held out as seen)")
     chosen = []
-    if "preset_choice" in selection:
-        chosen.append(f"the preset ({selection['preset_choice']['chosen']}, among "
-                      f"{', '.join(selection['preset_choice']['candidates'])})")
+    if choice.preset_choice:
+        chosen.append(f"the preset ({choice.preset_choice['chosen']}, among "
+                      f"{', '.join(choice.preset_choice['candidates'])})")
     if args.selection == "validation":
-        scored = selection.get("stage3_epochs_scored")
-        chosen.append("classifier epochs and the stage-3 epoch count" if scored else "classifier epochs")
+        chosen.append("classifier epochs and the stage-3 epoch count" if choice.stage3_epochs_scored
+                      else "classifier epochs")
     if args.calibration == "validation":
         chosen.append("the calibrated-stacking seen-score offset")
-    fixed = "" if selection.get("stage3_epochs_scored") else "; stages 1-3 run their fixed schedules"
+    fixed = "" if choice.stage3_epochs_scored else "; stages 1-3 run their fixed schedules"
     if args.selection != "validation":
         fixed = "; every stage runs its fixed schedule and the last epoch is reported"
     return f"validation split: {' and '.join(chosen)} selected on {view}{fixed}; nothing is selected on test data"
@@ -45,7 +50,8 @@ def validation_view(data: ZSLDataset, seed: int) -> ZSLDataset:
     test_unseen = val; the val classes become the unseen classes."""
     if not has_validation_split(data):
         raise ValueError(
-            f"--selection validation needs train_sub / val splits (xlsa17 train_loc / val_loc, or the "
+            f"choosing on validation (--selection, --calibration or --preset_choice validation) needs "
+            f"train_sub / val splits (xlsa17 train_loc / val_loc, or the "
             f"synthetic generator's num_val > 0); dataset {data.name} has splits {sorted(data.splits)}"
         )
     train_sub = data.splits["train_sub"]
@@ -71,3 +77,28 @@ def _hold_out(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
         held.append(rows[:count])
         keep.append(rows[count:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def choice_from_view(args: SCEGGTrainingArguments, view: ZSLDataset, scores: EpochScores) -> ValidationChoice:
+    """What the real run uses, read off the view run's per-epoch scores: with `--selection
+    validation` the classifier epochs and, with `--stage3_eval_every`, the stage-3 epoch count
+    (best GZSL H); with `--calibration validation` the seen-score offset that is best for the
+    chosen GZSL epoch (H is then the calibrated H)."""
+    calibrated, selects = args.calibration == "validation", args.selection == "validation"
+    by_stage3 = scores.by_stage3_epoch
+    if by_stage3:
+        stage3_epochs = max(by_stage3, key=lambda e: best_epochs(by_stage3[e], calibrated)["gzsl_h"])
+        by_epoch = by_stage3[stage3_epochs]
+    else:
+        stage3_epochs, by_epoch = args.stage3_epochs, scores.by_classifier_epoch
+    best = best_epochs(by_epoch if selects else by_epoch[-1:], calibrated)
+    calibration = None
+    if calibrated:
+        entry = by_epoch[best["gzsl_epoch"] - 1] if selects else by_epoch[-1]
+        calibration = OffsetChoice(seen_score_offset=best["seen_score_offset"],
+                                   validation_gzsl_h={"calibrated": best["gzsl_h"], "uncalibrated": entry["gzsl_h"]})
+    return ValidationChoice(
+        stage3_epochs=int(stage3_epochs), validation_scores=best,
+        validation_unseen_classes=[int(c) for c in view.semantics.unseen_class_ids],
+        stage3_epochs_scored=sorted(by_stage3), calibration=calibration,
+        classifier_epochs=(best["gzsl_epoch"], best["czsl_epoch"]) if selects else None)

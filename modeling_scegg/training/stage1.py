@@ -26,6 +26,7 @@ from .common import (
     sharded_map,
     trim_heap,
 )
+from .state import SplitFeatures
 
 
 class Stage1Network(nn.Module):
@@ -71,7 +72,8 @@ class Stage1Run:
 
 
 def prepare_stage1(ctx: RunContext, reader: RegionFeatureReader) -> Stage1Run:
-    accelerator = ctx.make_accelerator()
+    """The stage's network and optimizer, prepared on the run's accelerator."""
+    accelerator = ctx.accelerator
     model, config = ctx.model, ctx.model.config
     network = Stage1Network(model)
     optimizer = scen_optimizer(ctx.args.stage1_optimizer, [p for p in network.parameters() if p.requires_grad],
@@ -99,22 +101,22 @@ def stage1_step(run: Stage1Run, state: StageState) -> dict[str, torch.Tensor]:
 
 def train_stage1(ctx: RunContext, reader: RegionFeatureReader) -> None:
     """Train the SCEN for `stage1_iters` iterations (resumable)."""
-    # the networks stay in the model; the stage's optimizer state goes with its locals
-    release_stage_memory(*_stage1_steps(ctx, reader))
+    # the networks stay in the model; the stage's optimizer state goes with _stage1_steps' locals
+    release_stage_memory(ctx.accelerator, _stage1_steps(ctx, reader))
 
 
-def _stage1_steps(ctx: RunContext, reader: RegionFeatureReader) -> tuple[Accelerator, nn.Module]:
+def _stage1_steps(ctx: RunContext, reader: RegionFeatureReader) -> nn.Module:
     run = prepare_stage1(ctx, reader)
-    state = ctx.stage_state("stage1", run.accelerator)
-    run_steps(ctx, run.accelerator, "stage1", ctx.args.stage1_iters, state, lambda s: stage1_step(run, s))
-    return run.accelerator, run.network
+    state = ctx.stage_state("stage1")
+    run_steps(ctx, "stage1", ctx.args.stage1_iters, state, lambda s: stage1_step(run, s))
+    return run.network
 
 
 @torch.no_grad()
-def compute_dense_features(ctx: RunContext, reader: RegionFeatureReader, with_local_scores: bool) -> dict[str, torch.Tensor]:
+def compute_dense_features(ctx: RunContext, reader: RegionFeatureReader, with_local_scores: bool) -> SplitFeatures:
     """Unscaled g (and p_l) of every image of a split, computed once with the frozen SCEN and
     shared by all processes; stages 2 and 3 never read region features again."""
-    accelerator = ctx.make_accelerator()
+    accelerator = ctx.accelerator
     model = ctx.model.eval()
 
     def compute(indices: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,5 +131,5 @@ def compute_dense_features(ctx: RunContext, reader: RegionFeatureReader, with_lo
         return out
 
     result = sharded_map(accelerator, len(reader), reader.batch_rows(ctx.args.eval_batch_size), compute)
-    result["labels"] = torch.from_numpy(np.asarray(reader.labels, dtype=np.int64))
-    return result
+    return SplitFeatures(features=result["features"], local_scores=result.get("local_scores"),
+                         labels=torch.from_numpy(np.asarray(reader.labels, dtype=np.int64)))

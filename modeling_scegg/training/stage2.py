@@ -19,6 +19,7 @@ from .common import (
     run_steps,
     scen_optimizer,
 )
+from .state import SplitFeatures
 
 
 @dataclass
@@ -38,17 +39,18 @@ class Stage2Run:
     regression_loss: str
 
 
-def prepare_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> Stage2Run:
-    """`train_cache` holds scaled `features` (N, D), `local_scores` (N, C) and `labels` (N,)."""
-    accelerator = ctx.make_accelerator()
+def prepare_stage2(ctx: RunContext, train: SplitFeatures) -> Stage2Run:
+    """The head and its optimizer prepared on the run's accelerator; `train` holds scaled
+    features (N, D), local scores (N, C) and labels (N,)."""
+    accelerator = ctx.accelerator
     model, config = ctx.model, ctx.model.config
     head = model.scen.regression_head.train()
     optimizer = scen_optimizer(ctx.args.stage2_optimizer, head.parameters(), ctx.args.stage2_lr)
     head, optimizer = accelerator.prepare(head, optimizer)
     device = accelerator.device
-    return Stage2Run(accelerator=accelerator, head=head, optimizer=optimizer, features=train_cache["features"].to(device),
-                     targets=train_cache["local_scores"].to(device), labels=train_cache["labels"].to(device),
-                     sampler=ClassBalancedSampler(train_cache["labels"].numpy()), seen=model.seen_class_ids.to(device),
+    return Stage2Run(accelerator=accelerator, head=head, optimizer=optimizer, features=train.features.to(device),
+                     targets=train.local_scores.to(device), labels=train.labels.to(device),
+                     sampler=ClassBalancedSampler(train.labels.numpy()), seen=model.seen_class_ids.to(device),
                      batch_size=ctx.args.batch_size, objective=config.stage2_objective,
                      regression_loss=config.regression_loss)
 
@@ -64,27 +66,27 @@ def stage2_step(run: Stage2Run, state: StageState) -> dict[str, torch.Tensor]:
     return {"loss": optimizer_step(run.accelerator, run.optimizer, loss)}
 
 
-def train_stage2(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> None:
+def train_stage2(ctx: RunContext, train: SplitFeatures) -> None:
     """Train the regression head for `stage2_iters` iterations (resumable)."""
-    # the head stays in the model; the stage's optimizer state goes with its locals
-    release_stage_memory(*_stage2_steps(ctx, train_cache))
+    # the head stays in the model; the stage's optimizer state goes with _stage2_steps' locals
+    release_stage_memory(ctx.accelerator, _stage2_steps(ctx, train))
 
 
-def _stage2_steps(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> tuple[Accelerator, nn.Module]:
-    run = prepare_stage2(ctx, train_cache)
-    state = ctx.stage_state("stage2", run.accelerator)
-    run_steps(ctx, run.accelerator, "stage2", ctx.args.stage2_iters, state, lambda s: stage2_step(run, s))
-    return run.accelerator, run.head
+def _stage2_steps(ctx: RunContext, train: SplitFeatures) -> nn.Module:
+    run = prepare_stage2(ctx, train)
+    state = ctx.stage_state("stage2")
+    run_steps(ctx, "stage2", ctx.args.stage2_iters, state, lambda s: stage2_step(run, s))
+    return run.head
 
 
 @torch.no_grad()
-def regression_fidelity(ctx: RunContext, train_cache: dict[str, torch.Tensor]) -> dict[str, float]:
+def regression_fidelity(ctx: RunContext, train: SplitFeatures) -> dict[str, float]:
     """How well CLS_g(g) reproduces p_l on the training images: agreement of the top class among
     the seen classes, and the MSE. Printed so a failed stage 2 is visible before stage 3."""
     model = ctx.model
     device = model.class_attributes.device
-    scores = model.scen.regression_head(train_cache["features"].to(device))
-    targets = train_cache["local_scores"].to(device)
+    scores = model.scen.regression_head(train.features.to(device))
+    targets = train.local_scores.to(device)
     seen = model.seen_class_ids.to(device)
     agree = (scores[:, seen].argmax(-1) == targets[:, seen].argmax(-1)).float().mean()
     return {"top1_agreement": agree.item(), "mse": F.mse_loss(scores, targets).item()}

@@ -42,6 +42,7 @@ from ..modeling_scegg import (
 )
 from .checkpointing import StageState
 from .common import RunContext, adam, release_stage_memory, run_steps
+from .state import Scores, SplitFeatures
 
 NETWORKS = ("encoder", "generator", "critic", "decoder", "feedback")
 
@@ -218,48 +219,48 @@ def training_pass(s: Stage3State, with_feedback: bool) -> dict[str, torch.Tensor
     return logs
 
 
-def _stage3_state(ctx: RunContext, accelerator: Accelerator, train_cache: dict[str, torch.Tensor]) -> Stage3State:
+def _stage3_state(ctx: RunContext, train: SplitFeatures) -> Stage3State:
+    """The stage's networks and optimizers prepared on the run's accelerator, and its data."""
+    accelerator = ctx.accelerator
     model, device = ctx.model, accelerator.device
     model.eggn.train()
     nets, optimizers = _prepare(ctx, accelerator)
-    stream = ctx.stage_state("stage3", accelerator)
+    stream = ctx.stage_state("stage3")
     stream.extra.setdefault("gp_lambda", model.config.gp_lambda)
     return Stage3State(
         accelerator=accelerator, config=model.config, nets=nets, optimizers=optimizers,
         guide=model.scen.regression_head.eval().requires_grad_(False),
-        features=train_cache["features"].to(device), labels=train_cache["labels"].to(device),
+        features=train.features.to(device), labels=train.labels.to(device),
         class_attributes=model.class_attributes.to(device), unseen_class_ids=model.unseen_class_ids.to(device),
-        sampler=ClassBalancedSampler(train_cache["labels"].numpy()), batch_size=ctx.args.batch_size,
+        sampler=ClassBalancedSampler(train.labels.numpy()), batch_size=ctx.args.batch_size,
         critic_iters=ctx.args.critic_iters, stream=stream,
     )
 
 
 def train_stage3(
     ctx: RunContext,
-    train_cache: dict[str, torch.Tensor],
-    epoch_scorer: Callable[[int], list[dict[str, float]]] | None = None,
+    train: SplitFeatures,
+    epoch_scorer: Callable[[int], list[Scores]] | None = None,
     score_every: int = 0,
-) -> dict[str, list[dict[str, float]]]:
-    """Train the EGGN for `stage3_epochs` epochs on `train_cache` (scaled `features` (N, D) in
-    [0, 1] and `labels` (N,)), resumably.
+) -> dict[int, list[Scores]]:
+    """Train the EGGN for `stage3_epochs` epochs on `train` (scaled features (N, D) in [0, 1]
+    and labels (N,)), resumably.
 
     With `epoch_scorer`, every `score_every` epochs (and after the last) its scores are kept,
     keyed by epoch, checkpointed with the stage and returned: the validation run uses this to
     choose how many stage-3 epochs the real run trains."""
-    accelerator = ctx.make_accelerator()
     # the networks stay in the model; the stage's optimizer state goes with _stage3_steps' locals
-    scores, nets = _stage3_steps(ctx, accelerator, train_cache, epoch_scorer, score_every)
+    scores, nets = _stage3_steps(ctx, train, epoch_scorer, score_every)
     ctx.model.eggn.eval()
-    release_stage_memory(accelerator, *nets)
-    return scores
+    release_stage_memory(ctx.accelerator, *nets)
+    return {int(epoch): by_epoch for epoch, by_epoch in scores.items()}
 
 
-def _stage3_steps(ctx: RunContext, accelerator: Accelerator, train_cache: dict[str, torch.Tensor],
-                  epoch_scorer: Callable[[int], list[dict[str, float]]] | None,
-                  score_every: int) -> tuple[dict, list[nn.Module]]:
-    s = _stage3_state(ctx, accelerator, train_cache)
+def _stage3_steps(ctx: RunContext, train: SplitFeatures, epoch_scorer: Callable[[int], list[Scores]] | None,
+                  score_every: int) -> tuple[dict[str, list[Scores]], list[nn.Module]]:
+    s = _stage3_state(ctx, train)
     args = ctx.args
-    positions = steps_per_epoch(len(s.labels), args.batch_size, accelerator.num_processes)
+    positions = steps_per_epoch(len(s.labels), args.batch_size, ctx.accelerator.num_processes)
 
     def step(stream: StageState) -> dict[str, torch.Tensor | float]:
         logs = training_pass(s, pass_uses_feedback(stream.step, positions, args.stage3_pass_order))
@@ -268,5 +269,5 @@ def _stage3_steps(ctx: RunContext, accelerator: Accelerator, train_cache: dict[s
             stream.extra.setdefault("epoch_scores", {})[str(epoch)] = epoch_scorer(epoch)
         return logs
 
-    run_steps(ctx, accelerator, "stage3", args.stage3_epochs * 2 * positions, s.stream, step)
+    run_steps(ctx, "stage3", args.stage3_epochs * 2 * positions, s.stream, step)
     return s.stream.extra.get("epoch_scores", {}), list(s.nets.values())
