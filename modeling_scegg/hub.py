@@ -34,6 +34,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from .atomic import atomic_write_text
 from .data.backbone import HUB_ID, is_hub_id
+from .data.hub_layout import REQUIRED_COLUMNS, save_zsl_dataset_to_hub_layout
 from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -80,11 +81,6 @@ PROTOCOLS = {
 }
 CARD_TAGS = ["sc-egg", "zero-shot-learning", "generalized-zero-shot-learning", "zero-shot-image-classification",
              "custom_code", "pytorch", "transformers"]
-FEATURE_DATASET_COLUMNS = {
-    "features": ("region_features", "label"),
-    "classes": ("class_id", "class_name", "attributes", "is_unseen"),
-    "attributes": ("attribute_name",),  # word_vector only where the benchmark has word vectors
-}
 
 
 class UnsafeWeightsError(ValueError):
@@ -562,8 +558,6 @@ def push_feature_dataset(
     """
     if isinstance(folder_or_dataset, (str, os.PathLike)):
         return _push_dataset_folder(Path(folder_or_dataset), repo_id, token, private, commit_message)
-    from .data import save_zsl_dataset_to_hub_layout
-
     with tempfile.TemporaryDirectory(prefix="scegg-hub-") as scratch:
         save_zsl_dataset_to_hub_layout(folder_or_dataset, scratch)
         return _push_dataset_folder(Path(scratch), repo_id, token, private, commit_message)
@@ -594,7 +588,7 @@ def dataset_files_to_push(folder: Path) -> list[str]:
     if not isinstance(configs, list):
         raise ValueError(f"{readme}: the YAML front matter has no 'configs:' list")
     declared = {entry.get("config_name"): entry for entry in configs if isinstance(entry, dict)}
-    missing = [name for name in FEATURE_DATASET_COLUMNS if name not in declared]
+    missing = [name for name in REQUIRED_COLUMNS if name not in declared]
     if missing:
         raise ValueError(f"{readme}: configs {missing} are missing; found {sorted(map(str, declared))}")
     files = {"README.md"}
@@ -604,7 +598,7 @@ def dataset_files_to_push(folder: Path) -> list[str]:
             if not path.endswith(".parquet"):
                 raise ValueError(f"{folder / path}: config {name!r} must be stored as Parquet")
             columns = set(pq.read_schema(folder / path).names)
-            needed = FEATURE_DATASET_COLUMNS.get(name, ())
+            needed = REQUIRED_COLUMNS.get(name, ())
             if not set(needed) <= columns:
                 raise ValueError(
                     f"{folder / path}: config {name!r} needs columns {list(needed)}, has {sorted(columns)}"

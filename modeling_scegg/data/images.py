@@ -74,7 +74,8 @@ from .backbone import (
     build_resnet101,
     model_fingerprint,
 )
-from .store import load_split, region_feature_features, write_split
+from .semantics import ClassTable, attribute_values, l2_normalize_rows
+from .store import load_split, region_feature_features, split_batches, write_split
 from .word_vectors import load_word_vectors
 
 logger = logging.getLogger(__name__)
@@ -87,16 +88,6 @@ DONE_FILE_NAME = "image_features.json"
 MANIFEST_FILE_NAME = "manifest.json"
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
-
-
-@dataclass
-class ClassTable:
-    """The class file: names in label order, unseen flags and raw (C, A) attributes."""
-
-    class_names: list[str]
-    is_unseen: np.ndarray
-    attributes: np.ndarray
-    attribute_names: list[str]
 
 
 @dataclass
@@ -151,15 +142,9 @@ def read_class_table(path: str | os.PathLike) -> ClassTable:
         name = row[0].strip()
         if not name:
             raise ValueError(f"{where}: empty class_name")
-        try:
-            numbers = [float(cell) for cell in row[2:]]
-        except ValueError as error:
-            raise ValueError(f"{where} (class {name!r}): attribute values must be numbers: {error}") from error
-        if not np.isfinite(numbers).all():
-            raise ValueError(f"{where} (class {name!r}): attribute values must be finite")
+        values.append(attribute_values(row[2:], where, name))
         names.append(name)
         unseen.append(_parse_flag(row[1], where))
-        values.append(numbers)
     if not names:
         raise ValueError(f"{path} lists no classes")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -171,16 +156,10 @@ def read_class_table(path: str | os.PathLike) -> ClassTable:
             f"{path}: zero-shot learning needs both seen and unseen classes, got "
             f"{int((~is_unseen).sum())} seen and {int(is_unseen.sum())} unseen"
         )
-    return ClassTable(names, is_unseen, np.array(values, dtype=np.float32), attribute_names)
-
-
-def normalized_attributes(table: ClassTable) -> np.ndarray:
-    """Rows scaled to unit L2 norm; an all-zero row has no direction and is refused."""
-    norms = np.linalg.norm(table.attributes, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if len(zero):
-        raise ValueError(f"classes {[table.class_names[i] for i in zero]} have all-zero attributes")
-    return (table.attributes / norms).astype(np.float32)
+    # the file's values are the model's attributes (normalised per class on loading) and, as they
+    # are, the original attributes
+    raw = np.array(values, dtype=np.float32)
+    return ClassTable(names, raw, original_attributes=raw, attribute_names=attribute_names, is_unseen=is_unseen)
 
 
 def list_images(image_dir: str | os.PathLike, class_names: list[str]) -> dict[str, list[str]]:
@@ -407,17 +386,14 @@ def _chunk_files(files: list[str], chunk: int, chunk_size: int) -> list[str]:
     return files[chunk * chunk_size : (chunk + 1) * chunk_size]
 
 
-def _split_batches(
+def _shard_batches(
     work_dir: Path, split: str, files: list[str], labels: np.ndarray, chunk_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream one split's shards (memory-mapped) to the store writer."""
-    for chunk in range(_num_chunks(len(files), chunk_size)):
-        regions_path, pooled_path = _shard_paths(work_dir, split, chunk)
-        yield {
-            "region_features": np.load(regions_path, mmap_mode="r"),
-            "label": labels[chunk * chunk_size : (chunk + 1) * chunk_size],
-            "global_features": np.load(pooled_path),
-        }
+    """One split's region shards (memory-mapped) and global features, streamed to the store writer."""
+    chunks = range(_num_chunks(len(files), chunk_size))
+    regions = (np.load(_shard_paths(work_dir, split, chunk)[0], mmap_mode="r") for chunk in chunks)
+    pooled = np.concatenate([np.load(_shard_paths(work_dir, split, chunk)[1]) for chunk in chunks])
+    return split_batches(regions, np.arange(len(files)), labels, pooled)
 
 
 def _feature_shape(work_dir: Path, splits: dict[str, list[str]]) -> tuple[int, int]:
@@ -484,7 +460,7 @@ def load_image_folder(
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     table = read_class_table(class_attributes_file)
     splits = _image_splits(image_dir, table, splits_file, test_seen_fraction, seed)
-    attributes = normalized_attributes(table)
+    attributes = l2_normalize_rows(table.attributes, str(class_attributes_file), "attributes", table.class_names)
     vectors = (None if attribute_vectors_file is None
                else read_attribute_vectors(attribute_vectors_file, len(table.attribute_names)))
     model = _build_backbone(backbone_weights)
@@ -502,7 +478,7 @@ def load_image_folder(
         splits=datasets_,
         class_names=table.class_names,
         attributes=attributes,
-        original_attributes=table.attributes,
+        original_attributes=table.original_attributes,
         attribute_names=table.attribute_names,
         seen_class_ids=np.flatnonzero(~table.is_unseen).astype(np.int64),
         unseen_class_ids=np.flatnonzero(table.is_unseen).astype(np.int64),
@@ -551,7 +527,7 @@ def _extract_and_store(
     for split in SOURCE_SPLITS:
         name = DATASET_SPLIT_NAMES[split]
         files = splits[split]
-        batches = _split_batches(work_dir, split, files, _labels(files, class_names), chunk_size)
+        batches = _shard_batches(work_dir, split, files, _labels(files, class_names), chunk_size)
         result[name] = write_split(batches, features, out_dir / name, num_rows=len(files), desc=f"writing {name}")
     _write_json(out_dir / DONE_FILE_NAME, manifest)
     shutil.rmtree(work_dir)

@@ -33,6 +33,7 @@ from .synthetic import (
     SyntheticWorld,
     class_ingredients,
     render_images,
+    spread,
     visual_ingredients,
 )
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
@@ -58,10 +59,13 @@ def _metadata_files(name: str, metadata_dir: Path) -> tuple[Path, Path]:
     return att_splits, words
 
 
-def _spread(images: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> dict[int, int]:
-    """Assign the images to the classes as evenly as possible, in a random order."""
+def _deal(images: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> dict[int, int]:
+    """Image -> class, as evenly as possible (:func:`.synthetic.spread`): the images shuffled and
+    dealt to the classes in turn, the i-th to class i mod C (the order the layouts were always
+    written in, so a seed gives the same labels as before)."""
     images = rng.permutation(images)
-    return dict(zip(images.tolist(), classes[np.arange(len(images)) % len(classes)].tolist()))
+    in_turn = np.argsort(np.arange(len(images)) % len(classes), kind="stable")
+    return dict(zip(images[in_turn].tolist(), spread(len(images), classes).tolist()))
 
 
 def assign_labels(
@@ -83,9 +87,9 @@ def assign_labels(
         seen_images = rng.permutation(np.concatenate([locs["trainval_loc"], locs["test_seen_loc"]]))
         cut = int(len(seen_images) * num_val / len(seen) + 0.5)
         locs = {**locs, "val_loc": np.sort(seen_images[:cut]), "train_loc": np.sort(seen_images[cut:])}
-    assignment = _spread(locs["test_unseen_loc"], unseen, rng)
-    assignment.update(_spread(locs["val_loc"], val, rng))
-    assignment.update(_spread(locs["train_loc"], train, rng))
+    assignment = _deal(locs["test_unseen_loc"], unseen, rng)
+    assignment.update(_deal(locs["val_loc"], val, rng))
+    assignment.update(_deal(locs["train_loc"], train, rng))
     labels = np.full(1 + max(int(v.max()) for v in locs.values()), -1, dtype=np.int64)
     labels[list(assignment)] = list(assignment.values())
     if (labels < 0).any():

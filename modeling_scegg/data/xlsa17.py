@@ -23,8 +23,8 @@ import numpy as np
 import scipy.io
 
 from ..optional import import_optional
-from .semantics import ClassSemantics, build_semantics
-from .store import region_feature_features, write_split
+from .semantics import ClassSemantics, ClassTable, build_semantics
+from .store import region_feature_features, split_batches, write_split
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
 
@@ -33,15 +33,6 @@ MAIN_LOC_FIELDS = LOC_FIELDS[:3]
 # Blocks of ~64 MiB of float32 feature maps bound the memory used while converting.
 _READ_BLOCK_BYTES = 64 * 2**20
 _MAX_BLOCK_IMAGES = 4096  # h5py point selections get slow with very many points
-
-
-@dataclass
-class ClassTable:
-    """att_splits.mat's class information, turned to (C, A) like the model uses it."""
-
-    attributes: np.ndarray
-    original_attributes: np.ndarray | None
-    class_names: list[str]
 
 
 @dataclass
@@ -322,18 +313,6 @@ def _word_vectors(files: StandardFiles, h5: RegionHDF5) -> np.ndarray | None:
     return h5.field("w2v_att")
 
 
-def _split_batches(h5: RegionHDF5, indices: np.ndarray, labels: np.ndarray, pooled: np.ndarray | None):
-    """Batches for write_split: regions from the HDF5, labels and pooled features by image index."""
-    done = 0
-    for regions in h5.iter_regions(indices):
-        block = indices[done : done + len(regions)]
-        batch = {"region_features": regions, "label": labels[block]}
-        if pooled is not None:
-            batch["global_features"] = pooled[block]
-        done += len(regions)
-        yield batch
-
-
 def convert_standard(files: StandardFiles, out_dir: str | os.PathLike) -> tuple[ClassSemantics, dict[str, np.ndarray]]:
     """Check a benchmark's files and write its splits under ``out_dir`` (finished splits are kept).
 
@@ -386,7 +365,7 @@ def convert_standard(files: StandardFiles, out_dir: str | os.PathLike) -> tuple[
         for name, idx in indices.items():
             if not (out_dir / name).is_dir():
                 write_split(
-                    _split_batches(h5, idx, labels, pooled), features, out_dir / name, num_rows=len(idx),
+                    split_batches(h5.iter_regions(idx), idx, labels, pooled), features, out_dir / name, num_rows=len(idx),
                     desc=f"{files.name} {name}",
                 )
     return semantics, subsets
