@@ -33,7 +33,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.base import PipelineRegistry
 
 from .atomic import atomic_write_text
-from .data.backbone import backbone_id, backbone_name, build_resnet101
+from .data.backbone import backbone_id, backbone_name, build_resnet101, describe_backbone
 from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -92,7 +92,7 @@ def attach_backbone(
     Refused when the model records that its region features came from other weights, or when the
     backbone does not give the model's R x D regions on `image_processor`'s crops."""
     resnet = weights.eval() if isinstance(weights, ResNetModel) else build_resnet101(weights)
-    name = "the given ResNetModel" if isinstance(weights, ResNetModel) else str(weights)
+    name = describe_backbone(weights)
     fingerprint = backbone_id(resnet)
     recorded = model.config.feature_backbone
     if recorded is not None and recorded != fingerprint:
@@ -105,7 +105,7 @@ def attach_backbone(
     backbone_config.out_features = [backbone_config.stage_names[-1]]
     config = copy.deepcopy(model.config)
     config.backbone_config, config.feature_backbone = backbone_config, fingerprint
-    if config.feature_backbone_name is None and not isinstance(weights, ResNetModel):
+    if config.feature_backbone_name is None:
         config.feature_backbone_name = backbone_name(weights)  # a recorded Hub id is kept: same weights
     if backbone_config.hidden_sizes[-1] != config.feature_dim:
         raise ValueError(f"{name}: the backbone's last stage has {backbone_config.hidden_sizes[-1]} channels, "

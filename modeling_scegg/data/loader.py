@@ -169,7 +169,7 @@ def _load_images(
         raise ValueError(f"{class_attributes_file}: is_unseen disagrees with the classes found in test_unseen")
     return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics,
                       feature_backbone=result.backbone,
-                      feature_backbone_name=None if isinstance(image_backbone, ResNetModel) else backbone_name(image_backbone))
+                      feature_backbone_name=backbone_name(image_backbone))
 
 
 def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:

@@ -36,9 +36,8 @@ from .synthetic import (
     spread,
     visual_ingredients,
 )
-from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
-from .xlsa17 import read_att_splits
+from .xlsa17 import candidate_files, read_att_splits
 
 # Unseen classes of the xlsa17 proposed splits (Xian et al.), and the share of seen classes that
 # its train_loc / val_loc hold out as validation classes where a copy lacks them (CUB: 50 of 150).
@@ -48,12 +47,12 @@ _WRITE_BLOCK_BYTES = 32 * 2**20
 
 
 def _metadata_files(name: str, metadata_dir: Path) -> tuple[Path, Path]:
-    att_splits = next((p for p in (metadata_dir / "xlsa17" / "data" / name / "att_splits.mat",
-                                   metadata_dir / "xlsa17" / name / "att_splits.mat") if p.is_file()), None)
+    """att_splits.mat and the word vectors, where :func:`.xlsa17.candidate_files` looks for them."""
+    candidates = candidate_files(metadata_dir, name)
+    att_splits = next((p for p in candidates["att_splits"] if p.is_file()), None)
     if att_splits is None:
         raise FileNotFoundError(f"{name}: no xlsa17/{name}/att_splits.mat (or xlsa17/data/{name}/) under {metadata_dir}")
-    words = next((metadata_dir / "w2v" / f"{name}_attribute{s}" for s in WORD_VECTOR_SUFFIXES
-                  if (metadata_dir / "w2v" / f"{name}_attribute{s}").is_file()), None)
+    words = next((p for p in candidates["word_vectors"] if p.is_file()), None)
     if words is None:
         raise FileNotFoundError(f"{name}: no w2v/{name}_attribute.pkl (.npy, .safetensors) under {metadata_dir}")
     return att_splits, words

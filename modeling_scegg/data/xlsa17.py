@@ -216,7 +216,10 @@ def read_feature_backbone(path: str | os.PathLike) -> tuple[str | None, str | No
     return (None if fingerprint is None else str(fingerprint)), (None if name is None else str(name))
 
 
-def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:
+def candidate_files(data_dir: str | os.PathLike, name: str) -> dict[str, list[Path]]:
+    """Where each file of benchmark `name` may be under `data_dir` (the layout in the module
+    docstring), the preferred place first: the one list every reader and writer of it looks in."""
+    data_dir = Path(data_dir)
     return {
         "att_splits": [data_dir / "xlsa17" / "data" / name / "att_splits.mat", data_dir / "xlsa17" / name / "att_splits.mat"],
         "res101": [data_dir / "xlsa17" / "data" / name / "res101.mat", data_dir / "xlsa17" / name / "res101.mat"],
@@ -231,10 +234,10 @@ def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:
 def find_standard_files(name: str, data_dir: str | os.PathLike) -> StandardFiles:
     """Locate a benchmark's files; att_splits.mat and the region HDF5 are required."""
     data_dir = Path(data_dir)
-    found = {key: next((p for p in paths if p.is_file()), None) for key, paths in _candidates(data_dir, name).items()}
+    found = {key: next((p for p in paths if p.is_file()), None) for key, paths in candidate_files(data_dir, name).items()}
     for required in ("att_splits", "region_hdf5"):
         if found[required] is None:
-            tried = ", ".join(str(p) for p in _candidates(data_dir, name)[required])
+            tried = ", ".join(str(p) for p in candidate_files(data_dir, name)[required])
             raise FileNotFoundError(f"{name}: no {required} file under {data_dir} (looked for: {tried})")
     return StandardFiles(name=name, **found)
 
