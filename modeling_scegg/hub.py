@@ -369,7 +369,10 @@ def local_model_folder(name_or_path: str | os.PathLike, *, revision: str | None 
                                       allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json",
                                                       "preprocessor_config.json", "README.md", "results.json"]))
     except Exception as error:
-        raise explain_offline_error(error, str(name_or_path)) from None
+        explained = explain_offline_error(error, str(name_or_path))
+        if explained is error:
+            raise
+        raise explained from error  # the client's own error stays the cause, for tracebacks and --verbose
 
 
 def load_model(
@@ -400,7 +403,8 @@ def load_image_processor(name_or_path: str | os.PathLike, *, revision: str | Non
 
 def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "model") -> BaseException:
     """Turn the client's "offline and not cached" error into ``HubOfflineError`` naming the
-    download command and how to load the folder; any other error is returned unchanged."""
+    download command and how to load the folder; any other error is returned unchanged. Raise the
+    result ``from exc``, so the client's error stays its cause."""
     if not (constants.is_offline_mode() or _caused_by_offline(exc)):
         return exc
     if repo_type not in ("model", "dataset"):
@@ -416,9 +420,7 @@ def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "mo
              f"and the files are not in the local cache ({constants.HF_HUB_CACHE}){not_local}")
     remedy = (f"where the Hub is reachable run `hf download {repo_id}{type_flag} --local-dir {local_dir}`, copy the "
               f"folder here and load it from disk: {load}; or unset HF_HUB_OFFLINE where the Hub is reachable")
-    error = HubOfflineError(cause, remedy)
-    error.client_error = exc  # kept for --verbose, not chained: the advice is the whole story
-    return error
+    return HubOfflineError(cause, remedy)
 
 
 def _caused_by_offline(exc: BaseException) -> bool:
@@ -447,7 +449,8 @@ def push_model(
     results) to ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files
     of the output folder stay local; pickled weights make the push fail rather than be skipped
     quietly. The folder itself is never changed: the card is written for ``repo_id`` in a staging
-    copy (hard links), so a failed push leaves nothing that names the wrong repo behind."""
+    copy (hard links, but for the two files it rewrites), so a failed push leaves nothing that
+    names the wrong repo behind."""
     folder = Path(output_dir)
     if not HUB_ID.match(repo_id):
         raise UserError(f"not a Hub repo id: {repo_id!r}", "give the repo as ORG/NAME, e.g. alice/sc-egg-cub")
@@ -455,17 +458,8 @@ def push_model(
     with tempfile.TemporaryDirectory(dir=folder, prefix=".push-") as scratch:
         staging = Path(scratch)
         for name in files:
-            _link_or_copy(folder / name, staging / name)
-        if "results.json" in files:  # the run's record, without the training machine's paths
-            record = json.loads((staging / "results.json").read_text(encoding="utf-8"))
-            (staging / "results.json").unlink()
-            atomic_write_text(staging / "results.json", json.dumps(public_record(record), indent=2))
-        if "README.md" in files:
-            card_text = (staging / "README.md").read_text(encoding="utf-8")
-            (staging / "README.md").unlink()
-            (staging / "README.md").write_text(card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'),
-                                               encoding="utf-8")
-        else:
+            _stage_file(folder / name, staging / name, repo_id)
+        if "README.md" not in files:
             write_model_card(staging, repo_id=repo_id)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -487,11 +481,20 @@ def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return public
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+def _stage_file(source: Path, target: Path, repo_id: str) -> None:
+    """One file of a push, written once: the run's record without the training machine's paths,
+    the card with `repo_id` in its snippets, any other file hard-linked (copied where links fail)."""
+    if source.name == "results.json":
+        record = json.loads(source.read_text(encoding="utf-8"))
+        target.write_text(json.dumps(public_record(record), indent=2), encoding="utf-8")
+    elif source.name == "README.md":
+        card_text = source.read_text(encoding="utf-8")
+        target.write_text(card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'), encoding="utf-8")
+    else:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
 
 
 def model_files_to_push(folder: Path) -> list[str]:
