@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from modeling_scegg.cli import format_results, main
+from modeling_scegg.cli import format_results, main, scegg_verbose
 
 
 def test_predict_prints_class_names(tiny_model, tmp_path, capsys):
@@ -86,6 +86,25 @@ def test_verbose_adds_the_traceback(capsys):
     assert main(["predict", "./outz", "x.npy", "--verbose"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.strip().endswith("(a Hub repo is given as ORG/NAME)")
+
+
+@pytest.mark.parametrize("argv, verbose, passed", [
+    (["--verbose", "train", "--seed", "1"], True, ["train", "--seed", "1"]),
+    (["train", "--seed", "1", "--verbose"], True, ["train", "--seed", "1"]),
+    (["predict", "m", "x.npy", "--verbose"], True, ["predict", "m", "x.npy", "--verbose"]),
+    (["predict", "m", "--", "--verbose"], False, ["predict", "m", "--", "--verbose"]),
+    (["train", "--", "--verbose"], False, ["train", "--", "--verbose"]),
+])
+def test_only_sceggs_own_verbose_is_taken(argv, verbose, passed):
+    """train's parser does not know --verbose, so it is taken out there; other parsers take it
+    themselves, and after `--` it is an argument (a file of that name), not the flag."""
+    assert scegg_verbose(argv) == (verbose, passed)
+
+
+def test_a_file_named_verbose_is_an_input_not_the_flag(capsys):
+    assert main(["predict", "./outz", "--", "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no such model folder: ./outz" in err
 
 
 def test_flags_take_dashes_and_underscores(tiny_model, tmp_path, capsys):
