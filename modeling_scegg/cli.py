@@ -128,10 +128,11 @@ def _with_backbone(model, args: argparse.Namespace, processor):
 
 
 def _attach_backbone(args: argparse.Namespace) -> int:
+    from .data.backbone import image_processor
     from .export import attach_backbone, save_model
     from .hub import load_model
 
-    processor = _image_processor(args.crop_size, args.resize_size)
+    processor = image_processor(args.crop_size, args.resize_size)
     image_model = attach_backbone(load_model(args.model), args.weights, processor)
     save_model(image_model, args.output, processor)
     print(f"wrote {args.output}: backbone {image_model.config.feature_backbone}, "
@@ -154,13 +155,6 @@ def _add_classes(args: argparse.Namespace) -> int:
           + ", ".join(f"{i} {name}" for i, name in zip(new_ids, names))
           + f"; {model.config.num_classes} classes, {model.config.num_unseen_classes} unseen")
     return EXIT_OK
-
-
-def _image_processor(crop_size: int, resize_size: int | None):
-    from .image_processing_scegg import SCEGGImageProcessor
-
-    return SCEGGImageProcessor(size={"shortest_edge": resize_size or crop_size},
-                               crop_size={"height": crop_size, "width": crop_size})
 
 
 def _evaluate(args: argparse.Namespace) -> int:

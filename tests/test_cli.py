@@ -163,3 +163,12 @@ def test_train_reads_a_json_arguments_file(tmp_path, monkeypatch):
 
 RESULTS_FOR_TABLE = {"dataset": "synthetic", "protocol": "fixed schedule", "czsl_acc": 70.0, "gzsl_unseen": 60.0,
                      "gzsl_seen": 70.0, "gzsl_h": 64.6, "chance_czsl": 2.0, "stage_seconds": {"stage1": 1.0}}
+
+
+def test_train_refuses_a_bad_image_option_in_two_lines(tmp_path, capsys):
+    argv = ["train", "--dataset", str(tmp_path), "--class_attributes_file", str(tmp_path / "c.csv"),
+            "--image_options", "crop=224"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("error: --image_options: 'crop=224' is not key=value") and lines[1].startswith(
+        "remedy: image options are crop_size: ")

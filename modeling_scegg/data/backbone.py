@@ -318,6 +318,15 @@ def build_resnet101(weights: str | os.PathLike, *, architecture: ResNetConfig | 
     return model.eval()
 
 
+def image_processor(crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> SCEGGImageProcessor:
+    """The processor of region features cut at `crop_size` (short side resized to `resize_size`,
+    by default the crop size first): what extraction preprocesses with and a model saves."""
+    resize_size = resize_size or crop_size
+    if crop_size < 1 or resize_size < crop_size:
+        raise ValueError(f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}")
+    return SCEGGImageProcessor(size={"shortest_edge": resize_size}, crop_size={"height": crop_size, "width": crop_size})
+
+
 class ImagePreprocessor:
     """PIL images -> (n, 3, crop, crop) float32 pixels, exactly as torchvision's pipeline.
 
@@ -327,14 +336,8 @@ class ImagePreprocessor:
     """
 
     def __init__(self, crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> None:
-        resize_size = resize_size or crop_size
-        if crop_size < 1 or resize_size < crop_size:
-            raise ValueError(
-                f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}"
-            )
         self.crop_size = crop_size
-        self.processor = SCEGGImageProcessor(size={"shortest_edge": resize_size},
-                                             crop_size={"height": crop_size, "width": crop_size})
+        self.processor = image_processor(crop_size, resize_size)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.processor(list(images), return_tensors="pt")["pixel_values"].float()

@@ -65,13 +65,16 @@ from tqdm.auto import tqdm
 from transformers import ResNetModel
 
 from ..atomic import atomic_path, atomic_write_text
-from ..image_processing_scegg import UnusableImage, load_picture
+from ..errors import UserError
+from ..image_processing_scegg import SCEGGImageProcessor, UnusableImage, load_picture
 from .backbone import (
+    AUTOCAST_DTYPES,
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
     RegionFeatureExtractor,
     backbone_id,
     build_resnet101,
+    image_processor,
     model_fingerprint,
 )
 from .semantics import ClassTable, attribute_values, l2_normalize_rows
@@ -486,6 +489,79 @@ def load_image_folder(
         image_files={DATASET_SPLIT_NAMES[s]: files for s, files in splits.items()},
         backbone=backbone_id(model),
     )
+
+
+# The settings of load_image_folder a run may set (``--image_options key=value ...`` on the command
+# line, ``image_options`` of load_zsl_dataset): name -> (type, what it sets).
+IMAGE_OPTIONS: dict[str, tuple[type, str]] = {
+    "crop_size": (int, f"the crop the backbone sees (default {DEFAULT_CROP_SIZE}: 14 x 14 regions; 224: 7 x 7)"),
+    "resize_size": (int, "short side before cropping (default: the crop size)"),
+    "splits_file": (str, "JSON file mapping each image to trainval / test_seen / test_unseen"),
+    "test_seen_fraction": (float, "without a splits file: the share of each seen class held out as test_seen"),
+    "seed": (int, "without a splits file: the seed of that split"),
+    "attribute_vectors_file": (str, "the (A, dv) attribute word vectors (.npy, .safetensors, .pkl)"),
+    "batch_size": (int, "pictures per forward pass"),
+    "chunk_size": (int, "pictures per resumable shard"),
+    "num_workers": (int, "DataLoader processes decoding pictures"),
+    "device": (str, "where the backbone runs (default: cuda when available)"),
+    "autocast": (str, "fp16 or bf16 on a GPU (default: float32)"),
+}
+_MINIMUM = {"crop_size": 1, "resize_size": 1, "batch_size": 1, "chunk_size": 1, "num_workers": 0}
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "a text"}
+_ACCEPTED = {int: (int,), float: (int, float), str: (str, os.PathLike, torch.device)}  # what Python callers may pass
+
+
+def _options_remedy() -> str:
+    return "image options are " + "; ".join(f"{name}: {help_}" for name, (_, help_) in IMAGE_OPTIONS.items())
+
+
+def parse_image_options(items: list[str]) -> dict[str, object]:
+    """``key=value`` strings (``--image_options crop_size=224 ...``) as checked options for
+    :func:`load_image_folder`; a mistake names the option and what it takes."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in IMAGE_OPTIONS:
+            raise UserError(f"--image_options: {item!r} is not key=value with one of the image options "
+                            f"({', '.join(IMAGE_OPTIONS)})", _options_remedy())
+        kind = IMAGE_OPTIONS[key][0]
+        try:
+            options[key] = kind(text)
+        except ValueError:
+            raise UserError(f"--image_options: {key} takes {_KIND_WORDS[kind]}, got {text!r}", _options_remedy()) from None
+    return check_image_options(options)
+
+
+def check_image_options(options: dict[str, object]) -> dict[str, object]:
+    """The options, after refusing unknown names and values load_image_folder cannot use."""
+    for name, value in options.items():
+        if name not in IMAGE_OPTIONS:
+            raise UserError(f"unknown image option {name!r}", _options_remedy())
+        kind = IMAGE_OPTIONS[name][0]
+        if isinstance(value, bool) or not isinstance(value, _ACCEPTED[kind]):
+            raise UserError(f"image option {name} takes {_KIND_WORDS[kind]}, got {value!r}", _options_remedy())
+        if name in _MINIMUM and value < _MINIMUM[name]:
+            raise UserError(f"image option {name} must be at least {_MINIMUM[name]}, got {value}", _options_remedy())
+    crop = options.get("crop_size", DEFAULT_CROP_SIZE)
+    if options.get("resize_size", crop) < crop:
+        raise UserError(f"image option resize_size={options['resize_size']} is smaller than the crop ({crop})",
+                        "resize the short side to at least the crop size, or leave resize_size out")
+    if not 0 <= options.get("test_seen_fraction", 0) < 1:
+        raise UserError(f"image option test_seen_fraction must lie in [0, 1), got {options['test_seen_fraction']}",
+                        "pass the share of each seen class's images to hold out, e.g. test_seen_fraction=0.2")
+    if options.get("autocast") not in (None, *AUTOCAST_DTYPES):
+        raise UserError(f"image option autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {options['autocast']!r}",
+                        "leave it out for float32")
+    missing = [options[name] for name in ("splits_file", "attribute_vectors_file")
+               if name in options and not Path(options[name]).is_file()]
+    if missing:
+        raise UserError(f"image option files not found: {missing}", "check the paths")
+    return options
+
+
+def image_options_processor(options: dict[str, object]) -> SCEGGImageProcessor:
+    """The image processor of features extracted with `options` (what a model trained on them saves)."""
+    return image_processor(options.get("crop_size", DEFAULT_CROP_SIZE), options.get("resize_size"))
 
 
 def _stored_splits(out_dir: Path, manifest: dict, resume: bool) -> dict[str, Dataset] | None:

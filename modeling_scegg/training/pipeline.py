@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
+from ..data.images import image_options_processor, parse_image_options
 from ..data.store import RegionFeatureReader
 from ..data.synthetic import SyntheticConfig
 from ..modeling_scegg import SCEGGModel
@@ -77,6 +78,7 @@ def _load_zsl_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                             clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
                             class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
+                            image_options=parse_image_options(args.image_options),
                             attribute_encoder=args.attribute_encoder, **extra)
 
 
@@ -462,8 +464,9 @@ def _write_outputs(ctx: RunContext, data: ZSLDataset, caches, results: dict[str,
     out = Path(ctx.args.output_dir)
     # pictures in: an image folder's extraction backbone travels with the model, with its image processor
     image_folder = ctx.args.class_attributes_file is not None
-    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out,
-               results={**results, "feature_extractor": _feature_extractor(data)})
+    processor = image_options_processor(parse_image_options(ctx.args.image_options)) if image_folder else None
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone, processor) if image_folder else ctx.model, out,
+               processor, results={**results, "feature_extractor": _feature_extractor(data)})
     if ctx.args.plots:
         dense = {split: (caches[split]["features"], caches[split]["labels"]) for split in ("test_seen", "test_unseen")}
         write_plots(ctx.model, data, out / "plots", history=ctx.history, dense=dense, seed=ctx.args.seed)
