@@ -356,6 +356,7 @@ def test_image_options_given_in_python_are_checked_too():
     from modeling_scegg.errors import UserError
 
     assert images_module.check_image_options({"crop_size": 64, "device": torch.device("cpu"), "seed": 3})
+    assert images_module.check_image_options({"resize_size": None, "splits_file": None})  # the defaults, spelt out
     with pytest.raises(UserError, match="unknown image option 'crops'"):
         images_module.check_image_options({"crops": 64})
     with pytest.raises(UserError, match="crop_size takes a whole number, got '64'"):

@@ -509,6 +509,7 @@ IMAGE_OPTIONS: dict[str, tuple[type, str]] = {
 _MINIMUM = {"crop_size": 1, "resize_size": 1, "batch_size": 1, "chunk_size": 1, "num_workers": 0}
 _KIND_WORDS = {int: "a whole number", float: "a number", str: "a text"}
 _ACCEPTED = {int: (int,), float: (int, float), str: (str, os.PathLike, torch.device)}  # what Python callers may pass
+_NONE_MEANS_DEFAULT = ("resize_size", "splits_file", "attribute_vectors_file", "device", "autocast")
 
 
 def _options_remedy() -> str:
@@ -537,13 +538,15 @@ def check_image_options(options: dict[str, object]) -> dict[str, object]:
     for name, value in options.items():
         if name not in IMAGE_OPTIONS:
             raise UserError(f"unknown image option {name!r}", _options_remedy())
+        if value is None and name in _NONE_MEANS_DEFAULT:
+            continue
         kind = IMAGE_OPTIONS[name][0]
         if isinstance(value, bool) or not isinstance(value, _ACCEPTED[kind]):
             raise UserError(f"image option {name} takes {_KIND_WORDS[kind]}, got {value!r}", _options_remedy())
         if name in _MINIMUM and value < _MINIMUM[name]:
             raise UserError(f"image option {name} must be at least {_MINIMUM[name]}, got {value}", _options_remedy())
     crop = options.get("crop_size", DEFAULT_CROP_SIZE)
-    if options.get("resize_size", crop) < crop:
+    if (options.get("resize_size") or crop) < crop:
         raise UserError(f"image option resize_size={options['resize_size']} is smaller than the crop ({crop})",
                         "resize the short side to at least the crop size, or leave resize_size out")
     if not 0 <= options.get("test_seen_fraction", 0) < 1:
@@ -553,7 +556,7 @@ def check_image_options(options: dict[str, object]) -> dict[str, object]:
         raise UserError(f"image option autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {options['autocast']!r}",
                         "leave it out for float32")
     missing = [options[name] for name in ("splits_file", "attribute_vectors_file")
-               if name in options and not Path(options[name]).is_file()]
+               if options.get(name) is not None and not Path(options[name]).is_file()]
     if missing:
         raise UserError(f"image option files not found: {missing}", "check the paths")
     return options
