@@ -8,7 +8,8 @@ that is used registers all four with the Auto classes and marks them for
 ``register_for_auto_class``, so that ``save_pretrained`` writes a folder that loads with
 ``AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True)`` (or
 ``AutoModel`` / ``AutoImageProcessor`` / ``pipeline``) without this package installed.
-:func:`register_auto_classes` does the same explicitly.
+:func:`register_auto_classes` does the same explicitly, and so does importing
+``modeling_scegg.modeling_scegg`` itself.
 """
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def register_auto_classes() -> None:
     global _registered
     if _registered:
         return
+    _registered = True  # first: importing modeling_scegg below registers through here too
+    try:
+        _register()
+    except BaseException:
+        _registered = False
+        raise
+
+
+def _register() -> None:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
     from . import export
@@ -55,7 +65,6 @@ def register_auto_classes() -> None:
     SCEGGForImageClassification.register_for_auto_class("AutoModelForImageClassification")
     SCEGGImageProcessor.register_for_auto_class()
     SCEGGPreTrainedModel.package_export = export
-    _registered = True
 
 
 def __getattr__(name: str) -> Any:

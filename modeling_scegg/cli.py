@@ -128,10 +128,11 @@ def _with_backbone(model, args: argparse.Namespace, processor):
 
 
 def _attach_backbone(args: argparse.Namespace) -> int:
+    from .data.backbone import image_processor
     from .export import attach_backbone, save_model
     from .hub import load_model
 
-    processor = _image_processor(args.crop_size, args.resize_size)
+    processor = image_processor(args.crop_size, args.resize_size)
     image_model = attach_backbone(load_model(args.model), args.weights, processor)
     save_model(image_model, args.output, processor)
     print(f"wrote {args.output}: backbone {image_model.config.feature_backbone}, "
@@ -144,23 +145,16 @@ def _add_classes(args: argparse.Namespace) -> int:
 
     from .data.new_classes import read_new_classes
     from .export import save_model
-    from .hub import load_image_processor, load_model
+    from .hub import load_model
 
     model = load_model(args.model, for_images=True).eval()
     names, attributes = read_new_classes(args.classes, model.config.num_attributes)
     new_ids = model.add_classes(names, torch.from_numpy(attributes), generator=torch.Generator().manual_seed(args.seed))
-    save_model(model, args.output, load_image_processor(args.model))
+    save_model(model, args.output)  # with the image processor of the folder the model was loaded from
     print(f"wrote {args.output}: {len(new_ids)} new unseen classes "
           + ", ".join(f"{i} {name}" for i, name in zip(new_ids, names))
           + f"; {model.config.num_classes} classes, {model.config.num_unseen_classes} unseen")
     return EXIT_OK
-
-
-def _image_processor(crop_size: int, resize_size: int | None):
-    from .image_processing_scegg import SCEGGImageProcessor
-
-    return SCEGGImageProcessor(size={"shortest_edge": resize_size or crop_size},
-                               crop_size={"height": crop_size, "width": crop_size})
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -378,9 +372,22 @@ HANDLERS = {"predict": _predict, "attach-backbone": _attach_backbone, "add-class
             "plot": _plot, "convert": _convert, "extract": _extract, "push": _push, "push-dataset": _push_dataset}
 
 
+def scegg_verbose(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """Whether scegg's own --verbose was given, and the arguments for the command's parser. Only
+    `train`'s flags (HfArgumentParser's, of which --verbose is none) lose it; every other parser
+    takes it itself. After `--` an argument is data (a file named --verbose), never the flag."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    head = [arg for arg in argv[:end] if arg != "--verbose"]
+    verbose = len(head) < end
+    if next((arg for arg in head if not arg.startswith("-")), None) == "train":
+        return verbose, head + argv[end:]
+    return verbose, argv
+
+
 def run(argv: Sequence[str]) -> int:
     """The command `argv` names, raising what goes wrong (main() turns that into exit statuses)."""
-    argv = [arg for arg in argv if arg != "--verbose"]
+    _, argv = scegg_verbose(argv)
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
@@ -391,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`scegg ...`: the command's exit status; a user's mistake prints its cause and remedy and
     exits 2, anything else that stops a run exits 2 too, with the traceback under --verbose."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
+    verbose, _ = scegg_verbose(argv)
     try:
         return run(argv)
     except UserError as error:

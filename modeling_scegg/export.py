@@ -30,10 +30,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageClassification, ResNetModel
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.pipelines.base import PipelineRegistry
 
 from .atomic import atomic_write_text
-from .data.backbone import backbone_id, backbone_name, build_resnet101
+from .data.backbone import backbone_id, backbone_name, build_resnet101, describe_backbone
 from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -46,27 +45,19 @@ PACKAGE_MODEL_MODULE = "modeling_scegg"
 RESULTS_FILE = "results.json"
 
 
-def pipeline_registry() -> PipelineRegistry:
-    """The tasks an SC-EGG folder runs, registered the transformers way, but in a registry of
-    their own: transformers' global one would replace its image-classification and zero-shot
-    pipelines for every other model in the process."""
-    registry = PipelineRegistry(supported_tasks={}, task_aliases={})
-    registry.register_pipeline("image-classification", pipeline_class=SCEGGImageClassificationPipeline,
-                               pt_model=AutoModelForImageClassification, type="image")
-    registry.register_pipeline("zero-shot-image-classification", pipeline_class=SCEGGZeroShotImageClassificationPipeline,
-                               pt_model=AutoModelForImageClassification, type="image")
-    return registry
+# The tasks an SC-EGG folder runs and their pipeline classes. They are not registered in
+# transformers' global PIPELINE_REGISTRY: that would replace its image-classification and zero-shot
+# pipelines for every other model in the process; the folder's config names them instead.
+PIPELINE_CLASSES = {"image-classification": SCEGGImageClassificationPipeline,
+                    "zero-shot-image-classification": SCEGGZeroShotImageClassificationPipeline}
 
 
-def custom_pipelines(registry: PipelineRegistry | None = None) -> dict[str, dict[str, Any]]:
-    """``config.custom_pipelines`` for the registry's tasks, as ``Pipeline.save_pretrained`` writes
-    it for a registered pipeline (class names instead of classes)."""
-    tasks = {}
-    for task, info in (registry or pipeline_registry()).to_dict().items():
-        impl = info["impl"]
-        tasks[task] = {**info, "impl": f"{impl.__module__.split('.')[-1]}.{impl.__name__}",
-                       "pt": [model_class.__name__ for model_class in info["pt"]]}
-    return tasks
+def custom_pipelines() -> dict[str, dict[str, Any]]:
+    """``config.custom_pipelines``, as ``Pipeline.save_pretrained`` writes it for a registered
+    pipeline: per task the remote-code class, the Auto class of its models and the input type."""
+    return {task: {"impl": f"{impl.__module__.split('.')[-1]}.{impl.__name__}",
+                   "pt": [AutoModelForImageClassification.__name__], "type": "image"}
+            for task, impl in PIPELINE_CLASSES.items()}
 
 
 def as_image_model(model: SCEGGModel, config=None,
@@ -92,7 +83,7 @@ def attach_backbone(
     Refused when the model records that its region features came from other weights, or when the
     backbone does not give the model's R x D regions on `image_processor`'s crops."""
     resnet = weights.eval() if isinstance(weights, ResNetModel) else build_resnet101(weights)
-    name = "the given ResNetModel" if isinstance(weights, ResNetModel) else str(weights)
+    name = describe_backbone(weights)
     fingerprint = backbone_id(resnet)
     recorded = model.config.feature_backbone
     if recorded is not None and recorded != fingerprint:
@@ -105,7 +96,7 @@ def attach_backbone(
     backbone_config.out_features = [backbone_config.stage_names[-1]]
     config = copy.deepcopy(model.config)
     config.backbone_config, config.feature_backbone = backbone_config, fingerprint
-    if config.feature_backbone_name is None and not isinstance(weights, ResNetModel):
+    if config.feature_backbone_name is None:
         config.feature_backbone_name = backbone_name(weights)  # a recorded Hub id is kept: same weights
     if backbone_config.hidden_sizes[-1] != config.feature_dim:
         raise ValueError(f"{name}: the backbone's last stage has {backbone_config.hidden_sizes[-1]} channels, "
@@ -147,7 +138,7 @@ def save_model(
     ``PreTrainedModel.save_pretrained`` (``is_main_process``, ``max_shard_size``,
     ``push_to_hub`` with ``repo_id`` / ``token`` / ``private`` ...)."""
     from . import register_auto_classes
-    from .hub import push_model, write_model_card
+    from .hub import write_model_card
 
     push = {key: save_kwargs.pop(key) for key in ("token", "private", "commit_message") if key in save_kwargs}
     push_to_hub = save_kwargs.pop("push_to_hub", False)
@@ -176,7 +167,7 @@ def save_model(
     for name in stale:
         (folder / name).unlink(missing_ok=True)
     if push_to_hub:
-        push_model(folder, repo_id, **push)
+        _push(folder, repo_id, **push)
     return folder
 
 
@@ -257,14 +248,22 @@ def changes_since(parent_config: dict[str, Any], config) -> list[dict[str, Any]]
 def push_model_to_hub(model: SCEGGModel, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
                       token: str | bool | None = None, max_shard_size: int | str | None = None, **unused: Any) -> str:
     """``model.push_to_hub(repo_id)``: the complete folder, its card written for `repo_id`, pushed
-    with ``scegg push``'s file list; returns the commit URL."""
-    from .hub import push_model
-
+    as ``save_pretrained(..., push_to_hub=True)`` pushes it; returns the commit URL."""
     if unused:
         raise TypeError(f"push_to_hub of an SC-EGG model does not take {sorted(unused)}")
     with tempfile.TemporaryDirectory(prefix="scegg-push-") as scratch:
         save_model(model, scratch, repo_id=repo_id, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-        return push_model(scratch, repo_id, token=token if isinstance(token, str) else None, private=bool(private),
-                          commit_message=commit_message or "Upload SC-EGG model")
+        return _push(Path(scratch), repo_id, token=token, private=private, commit_message=commit_message)
 
-__all__ = ["as_image_model", "attach_backbone", "custom_pipelines", "pipeline_registry", "push_model_to_hub", "save_model"]
+
+def _push(folder: Path, repo_id: str, *, token: str | bool | None = None, private: bool | None = None,
+          commit_message: str | None = None) -> str:
+    """The one way a saved folder reaches the Hub from transformers' entry points (``push_to_hub``,
+    ``save_pretrained(push_to_hub=True)``): their arguments as ``scegg push`` takes them (token
+    True: the stored login), then its file list and card; returns the commit URL."""
+    from .hub import push_model
+
+    return push_model(folder, repo_id, token=token if isinstance(token, str) else None, private=bool(private),
+                      commit_message=commit_message or "Upload SC-EGG model")
+
+__all__ = ["PIPELINE_CLASSES", "as_image_model", "attach_backbone", "custom_pipelines", "push_model_to_hub", "save_model"]

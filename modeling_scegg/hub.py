@@ -34,6 +34,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from .atomic import atomic_write_text
 from .data.backbone import HUB_ID, is_hub_id
+from .data.hub_layout import REQUIRED_COLUMNS, save_zsl_dataset_to_hub_layout
 from .errors import UserError
 from .image_processing_scegg import SCEGGImageProcessor
 from .modeling_scegg import SCEGGForImageClassification, SCEGGModel
@@ -80,11 +81,6 @@ PROTOCOLS = {
 }
 CARD_TAGS = ["sc-egg", "zero-shot-learning", "generalized-zero-shot-learning", "zero-shot-image-classification",
              "custom_code", "pytorch", "transformers"]
-FEATURE_DATASET_COLUMNS = {
-    "features": ("region_features", "label"),
-    "classes": ("class_id", "class_name", "attributes", "is_unseen"),
-    "attributes": ("attribute_name",),  # word_vector only where the benchmark has word vectors
-}
 
 
 class UnsafeWeightsError(ValueError):
@@ -373,7 +369,10 @@ def local_model_folder(name_or_path: str | os.PathLike, *, revision: str | None 
                                       allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json",
                                                       "preprocessor_config.json", "README.md", "results.json"]))
     except Exception as error:
-        raise explain_offline_error(error, str(name_or_path)) from None
+        explained = explain_offline_error(error, str(name_or_path))
+        if explained is error:
+            raise
+        raise explained from error  # the client's own error stays the cause, for tracebacks and --verbose
 
 
 def load_model(
@@ -404,7 +403,8 @@ def load_image_processor(name_or_path: str | os.PathLike, *, revision: str | Non
 
 def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "model") -> BaseException:
     """Turn the client's "offline and not cached" error into ``HubOfflineError`` naming the
-    download command and how to load the folder; any other error is returned unchanged."""
+    download command and how to load the folder; any other error is returned unchanged. Raise the
+    result ``from exc``, so the client's error stays its cause."""
     if not (constants.is_offline_mode() or _caused_by_offline(exc)):
         return exc
     if repo_type not in ("model", "dataset"):
@@ -420,9 +420,7 @@ def explain_offline_error(exc: BaseException, repo_id: str, repo_type: str = "mo
              f"and the files are not in the local cache ({constants.HF_HUB_CACHE}){not_local}")
     remedy = (f"where the Hub is reachable run `hf download {repo_id}{type_flag} --local-dir {local_dir}`, copy the "
               f"folder here and load it from disk: {load}; or unset HF_HUB_OFFLINE where the Hub is reachable")
-    error = HubOfflineError(cause, remedy)
-    error.client_error = exc  # kept for --verbose, not chained: the advice is the whole story
-    return error
+    return HubOfflineError(cause, remedy)
 
 
 def _caused_by_offline(exc: BaseException) -> bool:
@@ -451,7 +449,8 @@ def push_model(
     results) to ``repo_id`` and return the commit URL. Checkpoints, optimizer states and other files
     of the output folder stay local; pickled weights make the push fail rather than be skipped
     quietly. The folder itself is never changed: the card is written for ``repo_id`` in a staging
-    copy (hard links), so a failed push leaves nothing that names the wrong repo behind."""
+    copy (hard links, but for the two files it rewrites), so a failed push leaves nothing that
+    names the wrong repo behind."""
     folder = Path(output_dir)
     if not HUB_ID.match(repo_id):
         raise UserError(f"not a Hub repo id: {repo_id!r}", "give the repo as ORG/NAME, e.g. alice/sc-egg-cub")
@@ -459,17 +458,8 @@ def push_model(
     with tempfile.TemporaryDirectory(dir=folder, prefix=".push-") as scratch:
         staging = Path(scratch)
         for name in files:
-            _link_or_copy(folder / name, staging / name)
-        if "results.json" in files:  # the run's record, without the training machine's paths
-            record = json.loads((staging / "results.json").read_text(encoding="utf-8"))
-            (staging / "results.json").unlink()
-            atomic_write_text(staging / "results.json", json.dumps(public_record(record), indent=2))
-        if "README.md" in files:
-            card_text = (staging / "README.md").read_text(encoding="utf-8")
-            (staging / "README.md").unlink()
-            (staging / "README.md").write_text(card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'),
-                                               encoding="utf-8")
-        else:
+            _stage_file(folder / name, staging / name, repo_id)
+        if "README.md" not in files:
             write_model_card(staging, repo_id=repo_id)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -491,11 +481,20 @@ def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return public
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+def _stage_file(source: Path, target: Path, repo_id: str) -> None:
+    """One file of a push, written once: the run's record without the training machine's paths,
+    the card with `repo_id` in its snippets, any other file hard-linked (copied where links fail)."""
+    if source.name == "results.json":
+        record = json.loads(source.read_text(encoding="utf-8"))
+        target.write_text(json.dumps(public_record(record), indent=2), encoding="utf-8")
+    elif source.name == "README.md":
+        card_text = source.read_text(encoding="utf-8")
+        target.write_text(card_text.replace(f'"{REPO_PLACEHOLDER}"', f'"{repo_id}"'), encoding="utf-8")
+    else:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
 
 
 def model_files_to_push(folder: Path) -> list[str]:
@@ -562,8 +561,6 @@ def push_feature_dataset(
     """
     if isinstance(folder_or_dataset, (str, os.PathLike)):
         return _push_dataset_folder(Path(folder_or_dataset), repo_id, token, private, commit_message)
-    from .data import save_zsl_dataset_to_hub_layout
-
     with tempfile.TemporaryDirectory(prefix="scegg-hub-") as scratch:
         save_zsl_dataset_to_hub_layout(folder_or_dataset, scratch)
         return _push_dataset_folder(Path(scratch), repo_id, token, private, commit_message)
@@ -594,7 +591,7 @@ def dataset_files_to_push(folder: Path) -> list[str]:
     if not isinstance(configs, list):
         raise ValueError(f"{readme}: the YAML front matter has no 'configs:' list")
     declared = {entry.get("config_name"): entry for entry in configs if isinstance(entry, dict)}
-    missing = [name for name in FEATURE_DATASET_COLUMNS if name not in declared]
+    missing = [name for name in REQUIRED_COLUMNS if name not in declared]
     if missing:
         raise ValueError(f"{readme}: configs {missing} are missing; found {sorted(map(str, declared))}")
     files = {"README.md"}
@@ -604,7 +601,7 @@ def dataset_files_to_push(folder: Path) -> list[str]:
             if not path.endswith(".parquet"):
                 raise ValueError(f"{folder / path}: config {name!r} must be stored as Parquet")
             columns = set(pq.read_schema(folder / path).names)
-            needed = FEATURE_DATASET_COLUMNS.get(name, ())
+            needed = REQUIRED_COLUMNS.get(name, ())
             if not set(needed) <= columns:
                 raise ValueError(
                     f"{folder / path}: config {name!r} needs columns {list(needed)}, has {sorted(columns)}"

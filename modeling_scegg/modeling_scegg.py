@@ -1159,3 +1159,11 @@ __all__ = [
     "synthetic_seen_cross_entropy_eq14",
     "synthetic_unseen_cross_entropy_eq15",
 ]
+
+# Imported from the installed package (not as a model folder's remote code, whose package is
+# transformers'): the Auto classes and the package's folder writer are registered here too, so
+# `from modeling_scegg.modeling_scegg import SCEGGModel` behaves as `modeling_scegg.SCEGGModel`.
+if __package__ == "modeling_scegg":
+    import importlib
+
+    importlib.import_module(__package__).register_auto_classes()

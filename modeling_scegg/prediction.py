@@ -58,14 +58,20 @@ class Prediction:
     predictions: list[dict] = field(default_factory=list)
     error: str = ""
     attributes: list[dict] | None = None
-    attentions: torch.Tensor | None = field(default=None, repr=False)  # (A, R), kept only to draw the maps
+    # (A, R), only while the maps of an explained picture are to be drawn (``attention_maps``)
+    attentions: torch.Tensor | None = field(default=None, repr=False)
+
+
+def check_output(output: str | os.PathLike | None) -> None:
+    """An output file must be one of the kinds the rows are written as (by its suffix)."""
+    if output is not None and Path(output).suffix.lower() not in OUTPUT_KINDS:
+        raise UserError(f"--output must end in .csv or .jsonl, got {output}", "name the output file.csv or file.jsonl")
 
 
 def check_options(top_k: int, batch_size: int, output: str | os.PathLike | None = None, attributes: int = 0,
                   attention_maps: str | os.PathLike | None = None) -> None:
     """Refuse, before any model is loaded, values that would crash late or mean nothing."""
-    if output is not None and Path(output).suffix.lower() not in OUTPUT_KINDS:
-        raise UserError(f"--output must end in .csv or .jsonl, got {output}", "name the output file.csv or file.jsonl")
+    check_output(output)
     if top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {top_k}", "pass how many classes each row should name, e.g. --top_k 5")
     if batch_size < 1:
@@ -101,24 +107,21 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def open_image(path: Path, processor: SCEGGImageProcessor | None = None):
-    """The decoded RGB picture (see :func:`load_picture`), or ``UnusableImage`` saying why not."""
-    return load_picture(path, processor.decode_size if processor is not None else None)
-
-
 def read_picture(path: Path, processor: SCEGGImageProcessor) -> torch.Tensor:
-    """(3, crop, crop) pixels of one picture: read and preprocessed at once, so the full-resolution
-    picture is dropped before the next one is read."""
-    return processor(open_image(path, processor), return_tensors="pt")["pixel_values"][0]
+    """(3, crop, crop) pixels of one picture (:func:`load_picture`; ``UnusableImage`` says why not):
+    read and preprocessed at once, so the full-resolution picture is dropped before the next one is read."""
+    return processor(load_picture(path, processor.decode_size), return_tensors="pt")["pixel_values"][0]
 
 
 @torch.no_grad()
 def _rank_batch(model: SCEGGModel, names: list[str], inputs: dict[str, torch.Tensor], czsl: bool,
-                top_k: int, attributes: int = 0) -> list[Prediction]:
+                top_k: int, attributes: int = 0, attentions: bool = False) -> list[Prediction]:
     """One row per input of a batch; a failing forward pass gives every input of the batch its error
-    row. With `attributes` the rows carry the pipeline's evidence (and the attention to draw)."""
+    row. With `attributes` the rows carry the pipeline's evidence, and with `attentions` (maps to
+    draw) the attention of each explained row too."""
+    attentions = attentions and bool(attributes)
     try:
-        output = model(**inputs, output_attribute_scores=bool(attributes), output_attentions=bool(attributes))
+        output = model(**inputs, output_attribute_scores=bool(attributes), output_attentions=attentions)
     except Exception as error:
         return [Prediction(name, error=f"classification failed ({type(error).__name__}: {error})") for name in names]
     logits = output.czsl_logits if czsl else output.logits
@@ -126,7 +129,8 @@ def _rank_batch(model: SCEGGModel, names: list[str], inputs: dict[str, torch.Ten
             else Prediction(name, error="non-finite scores") for name, row in zip(names, logits.cpu())]
     if attributes:
         class_attributes = model.class_attributes.detach().cpu()  # once per batch, not one device copy per row
-        for row, scores, attention in zip(rows, output.attribute_scores.cpu(), output.attentions):
+        maps = output.attentions if attentions else [None] * len(rows)
+        for row, scores, attention in zip(rows, output.attribute_scores.cpu(), maps):
             if not row.error:
                 explained = attribute_evidence(scores, model.config, row.predictions, class_attributes, attributes, czsl)
                 row.predictions, row.attributes, row.attentions = explained["predictions"], explained["attributes"], attention
@@ -166,11 +170,12 @@ def predict_inputs(
     def flush() -> list[Prediction]:
         names, pixels = [name for name, _ in pending], torch.stack([p for _, p in pending])
         pending.clear()
-        rows = _rank_batch(model, names, {"pixel_values": pixels.to(device)}, czsl, top_k, attributes)
+        rows = _rank_batch(model, names, {"pixel_values": pixels.to(device)}, czsl, top_k, attributes,
+                           attentions=bool(attention_maps))
         for row, picture in zip(rows, pixels):
-            if attention_maps and row.attentions is not None:
+            if row.attentions is not None:
                 save_attention_maps(Path(attention_maps), row, picture, model, processor)
-            row.attentions = None
+                row.attentions = None
         return rows
 
     with tqdm(total=len(files), desc="predict", unit="input") as bar:
@@ -302,12 +307,6 @@ def _check_safetensors_header(path: Path) -> None:
                             f"{size - 8 - header_size} are there")
 
 
-def read_region_features(path: Path) -> np.ndarray:
-    """(B, R, D) region features from .npy (never unpickled) or .safetensors (tensor 'region_features')."""
-    with ExitStack() as stack:
-        return np.asarray(open_region_features(Path(path), stack)[:])
-
-
 @dataclass
 class _Tally:
     rows: int = 0
@@ -340,7 +339,7 @@ def _output(output: str | os.PathLike | None) -> Iterator[tuple[io.TextIOBase, s
     if output is None:
         yield sys.stdout, "jsonl"
         return
-    check_options(1, 1, output)
+    check_output(output)
     kind = OUTPUT_KINDS[Path(output).suffix.lower()]
     with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         yield handle, kind
@@ -387,6 +386,6 @@ def evidence_columns(row: Prediction, top_k: int) -> list[str]:
     return [joined(row.attributes or [], "score"), *per_class] + [""] * (2 * top_k - len(per_class))
 
 
-__all__ = ["FEATURE_SUFFIXES", "Prediction", "UnusableImage", "check_options", "evidence_columns", "evidence_header",
-           "expand_inputs", "open_image", "open_region_features", "predict_inputs", "read_picture",
-           "read_region_features", "save_attention_maps", "write_predictions"]
+__all__ = ["FEATURE_SUFFIXES", "Prediction", "UnusableImage", "check_options", "check_output", "evidence_columns",
+           "evidence_header", "expand_inputs", "open_region_features", "predict_inputs", "read_picture",
+           "save_attention_maps", "write_predictions"]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from modeling_scegg.cli import format_results, main
+from modeling_scegg.cli import format_results, main, scegg_verbose
 
 
 def test_predict_prints_class_names(tiny_model, tmp_path, capsys):
@@ -88,6 +88,25 @@ def test_verbose_adds_the_traceback(capsys):
     assert "Traceback (most recent call last)" in err and err.strip().endswith("(a Hub repo is given as ORG/NAME)")
 
 
+@pytest.mark.parametrize("argv, verbose, passed", [
+    (["--verbose", "train", "--seed", "1"], True, ["train", "--seed", "1"]),
+    (["train", "--seed", "1", "--verbose"], True, ["train", "--seed", "1"]),
+    (["predict", "m", "x.npy", "--verbose"], True, ["predict", "m", "x.npy", "--verbose"]),
+    (["predict", "m", "--", "--verbose"], False, ["predict", "m", "--", "--verbose"]),
+    (["train", "--", "--verbose"], False, ["train", "--", "--verbose"]),
+])
+def test_only_sceggs_own_verbose_is_taken(argv, verbose, passed):
+    """train's parser does not know --verbose, so it is taken out there; other parsers take it
+    themselves, and after `--` it is an argument (a file of that name), not the flag."""
+    assert scegg_verbose(argv) == (verbose, passed)
+
+
+def test_a_file_named_verbose_is_an_input_not_the_flag(capsys):
+    assert main(["predict", "./outz", "--", "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no such model folder: ./outz" in err
+
+
 def test_flags_take_dashes_and_underscores(tiny_model, tmp_path, capsys):
     tiny_model.save_pretrained(tmp_path / "model")
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((1, 5, 12)).astype(np.float32))
@@ -144,3 +163,12 @@ def test_train_reads_a_json_arguments_file(tmp_path, monkeypatch):
 
 RESULTS_FOR_TABLE = {"dataset": "synthetic", "protocol": "fixed schedule", "czsl_acc": 70.0, "gzsl_unseen": 60.0,
                      "gzsl_seen": 70.0, "gzsl_h": 64.6, "chance_czsl": 2.0, "stage_seconds": {"stage1": 1.0}}
+
+
+def test_train_refuses_a_bad_image_option_in_two_lines(tmp_path, capsys):
+    argv = ["train", "--dataset", str(tmp_path), "--class_attributes_file", str(tmp_path / "c.csv"),
+            "--image_options", "crop=224"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("error: --image_options: 'crop=224' is not key=value") and lines[1].startswith(
+        "remedy: image options are crop_size: ")

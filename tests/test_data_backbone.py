@@ -19,6 +19,7 @@ from modeling_scegg.data.backbone import (
     backbone_name,
     build_resnet101,
     convert_torchvision_resnet_state_dict,
+    describe_backbone,
     load_torchvision_state_dict,
     model_fingerprint,
     resnet101_config,
@@ -354,6 +355,27 @@ def test_extractor_regions_are_row_major_and_global_is_their_mean():
         for w in range(width):
             np.testing.assert_array_equal(features.regions[:, h * width + w], feature_map[:, :, h, w])
     np.testing.assert_allclose(features.global_, feature_map.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_maps_are_the_last_conv_map_the_regions_flatten():
+    model = tiny_resnet()
+    extractor = RegionFeatureExtractor(model, crop_size=64, device="cpu")
+    pixels = extractor.preprocess(_images(2))
+    maps = extractor.feature_maps(pixels)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(maps, model(pixels).last_hidden_state.numpy())
+    regions = extractor.extract_pixel_values(pixels).regions
+    np.testing.assert_array_equal(maps.reshape(2, 32, -1).transpose(0, 2, 1), regions)
+
+
+def test_a_built_model_is_named_by_what_it_was_loaded_from(tmp_path):
+    model = tiny_resnet()
+    assert backbone_name(model) is None and describe_backbone(model) == "the ResNetModel given in Python"
+    model.save_pretrained(tmp_path / "my-resnet")
+    loaded = ResNetModel.from_pretrained(tmp_path / "my-resnet")
+    assert backbone_name(loaded) == "my-resnet"
+    assert describe_backbone(loaded) == "the ResNetModel given in Python (my-resnet)"
+    assert describe_backbone(tmp_path / "w.pth") == str(tmp_path / "w.pth")
 
 
 def test_extractor_crop_size_sets_the_grid():

@@ -272,7 +272,8 @@ def test_malformed_class_file(folder, header, row, message):
 def test_all_zero_attribute_row_is_refused(folder):
     rows = [[name, "1" if name in UNSEEN else "0", *["0" if name == "heron" else "1"] * NUM_ATTRIBUTES] for name in CLASSES]
     write_classes_csv(folder["classes"], rows)
-    with pytest.raises(ValueError, match=r"\['heron'\] have all-zero attributes"):
+    zero = r"classes.csv: field 'attributes' has all-zero class vectors at rows \[\d\] \(classes \['heron'\]\)"
+    with pytest.raises(ValueError, match=zero):
         run(folder)
 
 
@@ -316,3 +317,47 @@ def test_pictures_are_read_by_the_one_reader(folder, tmp_path):
             images[index]
     Image.new("RGB", (64, 48), (128, 128, 128)).save(tmp_path / "grey8.png")
     torch.testing.assert_close(images[len(bad)], preprocess([Image.open(tmp_path / "grey8.png")])[0])
+
+
+def test_image_options_from_the_command_line_are_typed_and_checked(tmp_path):
+    splits = tmp_path / "splits.json"
+    splits.write_text("{}")
+    options = images_module.parse_image_options(
+        ["crop_size=224", "resize_size=256", "test_seen_fraction=0.3", f"splits_file={splits}", "autocast=bf16"])
+    assert options == {"crop_size": 224, "resize_size": 256, "test_seen_fraction": 0.3, "splits_file": str(splits),
+                       "autocast": "bf16"}
+    processor = images_module.image_options_processor(options)
+    assert processor.crop_size.height == 224 and processor.size.shortest_edge == 256
+    assert images_module.image_options_processor({}).crop_size.height == 448
+
+
+@pytest.mark.parametrize("items, message", [
+    (["crop=224"], r"'crop=224' is not key=value with one of the image options \(crop_size, "),
+    (["crop_size"], "is not key=value"),
+    (["crop_size=big"], "crop_size takes a whole number, got 'big'"),
+    (["test_seen_fraction=x"], "test_seen_fraction takes a number"),
+    (["crop_size=0"], "crop_size must be at least 1, got 0"),
+    (["num_workers=-1"], "num_workers must be at least 0"),
+    (["crop_size=224", "resize_size=200"], r"resize_size=200 is smaller than the crop \(224\)"),
+    (["test_seen_fraction=1"], r"test_seen_fraction must lie in \[0, 1\), got 1.0"),
+    (["autocast=fp8"], r"autocast must be one of \['bf16', 'fp16'\]"),
+    (["splits_file=/no/such/splits.json"], "files not found"),
+])
+def test_bad_image_options_are_refused_by_name(items, message):
+    from modeling_scegg.errors import UserError
+
+    with pytest.raises(UserError, match=message) as refused:
+        images_module.parse_image_options(items)
+    assert "crop_size" in refused.value.remedy or "resize" in refused.value.remedy or "share" in refused.value.remedy \
+        or "float32" in refused.value.remedy or "paths" in refused.value.remedy
+
+
+def test_image_options_given_in_python_are_checked_too():
+    from modeling_scegg.errors import UserError
+
+    assert images_module.check_image_options({"crop_size": 64, "device": torch.device("cpu"), "seed": 3})
+    assert images_module.check_image_options({"resize_size": None, "splits_file": None})  # the defaults, spelt out
+    with pytest.raises(UserError, match="unknown image option 'crops'"):
+        images_module.check_image_options({"crops": 64})
+    with pytest.raises(UserError, match="crop_size takes a whole number, got '64'"):
+        images_module.check_image_options({"crop_size": "64"})

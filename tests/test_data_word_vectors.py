@@ -56,9 +56,10 @@ def test_plain_arrays_of_every_protocol(tmp_path: Path, protocol: int):
 @pytest.mark.parametrize(
     "obj, message",
     [
-        ({"a": 1}, "expected a numpy array of shape \\(A, dv\\), got dict"),
-        (np.array([[1, "x"]], dtype=object), "expected a real-valued array, got dtype object"),
-        (np.ones(5), "expected word vectors of shape \\(A, dv\\), got shape \\(5,\\)"),
+        ({"a": 1}, "w.pkl: field .word_vectors. must be a numeric array, got dict"),
+        (np.array([[1, "x"]], dtype=object), "must be numeric, got dtype object"),
+        (np.ones(5), "must have shape \\(\\*, \\*\\), got \\(5,\\)"),
+        (np.ones((0, 3)), "must have shape \\(\\*, \\*\\), got \\(0, 3\\)"),
         (np.array([[1.0, np.nan]]), "NaN or Inf"),
     ],
 )

@@ -131,3 +131,17 @@ def test_the_package_imports_inside_a_model_folder(tiny_model, tmp_path):
     (tmp_path / "model" / "modeling_scegg.py").write_text(json.dumps("shadow") + "\n")
     shadowed = _python("import modeling_scegg\nprint('PACKAGE', modeling_scegg.__file__)\n", cwd=tmp_path / "model")
     assert f"PACKAGE {REPO_ROOT}" not in shadowed.stdout
+
+
+def test_importing_the_model_module_itself_registers_the_auto_classes(tiny_model, tmp_path):
+    """`from modeling_scegg.modeling_scegg import SCEGGModel` (not through the package's lazy names)
+    registers the Auto classes and the package's folder writer as `modeling_scegg.SCEGGModel` does."""
+    tiny_model.save_pretrained(tmp_path / "model")
+    code = ("import os\nfrom modeling_scegg.modeling_scegg import SCEGGModel\nfrom transformers import AutoModel\n"
+            f"SCEGGModel.from_pretrained({str(tmp_path / 'model')!r}).save_pretrained({str(tmp_path / 'again')!r})\n"
+            f"print('FILES', sorted(os.listdir({str(tmp_path / 'again')!r})))\n"
+            f"print('AUTO', type(AutoModel.from_pretrained({str(tmp_path / 'again')!r})).__module__)\n")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "preprocessor_config.json" in result.stdout and "README.md" in result.stdout, result.stdout
+    assert "AUTO modeling_scegg.modeling_scegg" in result.stdout

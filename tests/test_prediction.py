@@ -286,3 +286,20 @@ def test_without_attributes_nothing_is_added(model_dir, tmp_path, capsys):
     assert main(["predict", str(model_dir), str(picture), "--output", str(tmp_path / "p.csv")]) == 0
     assert list(_csv_rows(tmp_path / "p.csv")[0]) == ["file", "error"] + [
         f"{what}_{k}" for k in range(1, 6) for what in ("label", "score")]
+
+
+def test_attentions_are_asked_for_and_kept_only_to_draw_maps(model_dir, tmp_path):
+    """Explained rows carry the attribute evidence; the (A, R) attention is computed only when
+    maps are drawn, and no row keeps it once they are."""
+    from modeling_scegg.hub import load_image_processor, load_model
+
+    pictures = _pictures(tmp_path / "in", count=2)
+    model, processor = load_model(model_dir, for_images=True).eval(), load_image_processor(model_dir)
+    asked = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: asked.append(kwargs["output_attentions"]),
+                                    with_kwargs=True)
+    rows = list(prediction.predict_inputs(model, processor, pictures, attributes=2))
+    assert asked == [False] and all(r.attributes and r.attentions is None for r in rows)
+    rows = list(prediction.predict_inputs(model, processor, pictures, attributes=2, attention_maps=tmp_path / "maps"))
+    assert asked[1:] == [True] and all(r.attributes and r.attentions is None for r in rows)
+    assert len(list((tmp_path / "maps").iterdir())) == 4

@@ -139,3 +139,15 @@ def test_help_names_the_command_every_flag_and_the_dataset_defaults(capsys):
     assert "{epoch,batch}" in text and "{auto,validation,none}" in text
     sun = read_preset(DEFAULT_PRESETS["SUN"])["training"]
     assert f"(default: {sun['syn_num']})" in text and f"(default: {sun['stage3_lr']})" in text
+
+
+def test_image_options_reach_the_run_checked(tmp_path):
+    from modeling_scegg.errors import UserError
+
+    image_folder = ["--dataset", str(tmp_path), "--class_attributes_file", str(tmp_path / "classes.csv")]
+    args = parse_training_args([*image_folder, "--image_options", "crop_size=224", "resize_size=256"])
+    assert args.image_options == ["crop_size=224", "resize_size=256"]
+    with pytest.raises(UserError, match="crop_size takes a whole number"):
+        parse_training_args([*image_folder, "--image_options", "crop_size=big"])
+    with pytest.raises(ValueError, match="--image_options applies to an image-folder --dataset"):
+        parse_training_args(["--image_options", "crop_size=224"])

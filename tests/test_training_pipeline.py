@@ -241,13 +241,16 @@ def test_an_image_folder_trains_into_a_model_that_classifies_pictures(tmp_path, 
     images, classes = write_image_folder(tmp_path)
     tiny_resnet().save_pretrained(tmp_path / "resnet")
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--dataset", str(images), "--class_attributes_file",
-                     str(classes), "--image_backbone", str(tmp_path / "resnet"), "--attribute_encoder", sentence_encoder)
+                     str(classes), "--image_backbone", str(tmp_path / "resnet"), "--attribute_encoder", sentence_encoder,
+                     "--image_options", "crop_size=64", "resize_size=72")
     argv = argv[:argv.index("--synthetic_overrides")] + argv[argv.index("--model_overrides"):]
     run_pipeline(parse_training_args(argv))
     model = SCEGGForImageClassification.from_pretrained(tmp_path / "out")
     config = model.config
     assert model.backbone is not None and config.feature_backbone == backbone_id(tiny_resnet())
-    assert (config.num_regions, config.feature_dim) == (196, 12)  # 448 crops, read from the data
+    assert (config.num_regions, config.feature_dim) == (4, 12)  # 64 crops (--image_options), read from the data
+    processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert processor["crop_size"] == {"height": 64, "width": 64} and processor["size"] == {"shortest_edge": 72}
     assert config.attribute_encoder == sentence_encoder and config.word_dim == 384
     assert model.scen.local_embedding.word_vectors.abs().sum() > 0
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()

@@ -173,11 +173,26 @@ def is_hub_id(name: str) -> bool:
     return bool(HUB_ID.match(name)) and not Path(name).exists()
 
 
-def backbone_name(weights: str | os.PathLike) -> str:
+def backbone_name(weights: str | os.PathLike | ResNetModel) -> str | None:
     """How configs and feature files name a backbone: the Hub id as given, else the file or folder
-    name (a local path says nothing on another machine and may reveal the user's folders)."""
+    name (a local path says nothing on another machine and may reveal the user's folders). A
+    built ``ResNetModel`` is named by what it was loaded from (``name_or_path``); None when it has
+    no such name (built in Python, or converted from a state dict): nothing is recorded then."""
+    if isinstance(weights, ResNetModel):
+        weights = weights.name_or_path
+        if not weights:
+            return None
     text = str(weights)
     return text if text == RANDOM_BACKBONE or is_hub_id(text) else Path(text).name
+
+
+def describe_backbone(weights: str | os.PathLike | ResNetModel) -> str:
+    """The backbone as messages and logs name it: the path or id as the user gave it (the user's
+    own machine may see its folders), or the ResNetModel given in Python."""
+    if not isinstance(weights, ResNetModel):
+        return str(weights)
+    name = backbone_name(weights)
+    return f"the ResNetModel given in Python ({name})" if name else "the ResNetModel given in Python"
 
 
 def _offline_error(name: str, error: Exception) -> UserError:
@@ -303,6 +318,15 @@ def build_resnet101(weights: str | os.PathLike, *, architecture: ResNetConfig | 
     return model.eval()
 
 
+def image_processor(crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> SCEGGImageProcessor:
+    """The processor of region features cut at `crop_size` (short side resized to `resize_size`,
+    by default the crop size first): what extraction preprocesses with and a model saves."""
+    resize_size = resize_size or crop_size
+    if crop_size < 1 or resize_size < crop_size:
+        raise ValueError(f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}")
+    return SCEGGImageProcessor(size={"shortest_edge": resize_size}, crop_size={"height": crop_size, "width": crop_size})
+
+
 class ImagePreprocessor:
     """PIL images -> (n, 3, crop, crop) float32 pixels, exactly as torchvision's pipeline.
 
@@ -312,14 +336,8 @@ class ImagePreprocessor:
     """
 
     def __init__(self, crop_size: int = DEFAULT_CROP_SIZE, resize_size: int | None = None) -> None:
-        resize_size = resize_size or crop_size
-        if crop_size < 1 or resize_size < crop_size:
-            raise ValueError(
-                f"need 1 <= crop_size <= resize_size, got crop_size={crop_size}, resize_size={resize_size}"
-            )
         self.crop_size = crop_size
-        self.processor = SCEGGImageProcessor(size={"shortest_edge": resize_size},
-                                             crop_size={"height": crop_size, "width": crop_size})
+        self.processor = image_processor(crop_size, resize_size)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.processor(list(images), return_tensors="pt")["pixel_values"].float()
@@ -375,19 +393,28 @@ class RegionFeatureExtractor:
         self.preprocess = ImagePreprocessor(crop_size, resize_size)
         self.autocast_dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
 
-    def extract_pixel_values(self, pixel_values: torch.Tensor) -> RegionFeatures:
-        """Run the backbone on already preprocessed pixels (e.g. from DataLoader workers)."""
+    @torch.inference_mode()
+    def _last_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n, D, H, W) float32 last conv map of already preprocessed pixels, on the device."""
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
             else nullcontext()
         )
-        with torch.inference_mode():
-            with autocast:
-                feature_map = self.model(pixel_values.to(self.device, non_blocking=True)).last_hidden_state
-            regions = feature_map.float().flatten(2).transpose(1, 2).contiguous()
-            pooled = regions.mean(dim=1)
-            return RegionFeatures(regions=regions.cpu().numpy(), global_=pooled.cpu().numpy())
+        with autocast:
+            feature_map = self.model(pixel_values.to(self.device, non_blocking=True)).last_hidden_state
+        return feature_map.float()
+
+    def feature_maps(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """(n, D, H, W) float32 maps, as the region-feature HDF5 of the common preprocessing stores them."""
+        return self._last_map(pixel_values).cpu().numpy()
+
+    @torch.inference_mode()
+    def extract_pixel_values(self, pixel_values: torch.Tensor) -> RegionFeatures:
+        """Run the backbone on already preprocessed pixels (e.g. from DataLoader workers)."""
+        regions = self._last_map(pixel_values).flatten(2).transpose(1, 2).contiguous()
+        pooled = regions.mean(dim=1)
+        return RegionFeatures(regions=regions.cpu().numpy(), global_=pooled.cpu().numpy())
 
     def __call__(self, images: Sequence[Image.Image]) -> RegionFeatures:
         return self.extract_pixel_values(self.preprocess(images))

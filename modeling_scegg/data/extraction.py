@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -52,12 +51,13 @@ from .backbone import (
     backbone_name,
     build_resnet101,
     default_device,
+    describe_backbone,
     resnet101_config,
 )
 from .images import _ImageFiles, _prepare_work_dir
-from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
+from .semantics import ClassTable
 from .word_vectors import load_word_vectors
-from .xlsa17 import MAIN_LOC_FIELDS, check_locs, read_att_splits, read_res101
+from .xlsa17 import MAIN_LOC_FIELDS, candidate_files, check_locs, read_att_splits, read_res101
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ _WRITE_BLOCK_BYTES = 64 * 2**20  # copied from the shards to the HDF5 in blocks 
 
 
 def feature_file(data_dir: str | os.PathLike, dataset: str) -> Path:
-    """Where training looks for a benchmark's region features (:func:`.xlsa17.find_standard_files`)."""
-    return Path(data_dir) / dataset / f"feature_map_ResNet_101_{dataset}.hdf5"
+    """Where training looks first for a benchmark's region features (:func:`.xlsa17.candidate_files`)."""
+    return candidate_files(data_dir, dataset)["region_hdf5"][0]
 
 
 def work_folder(data_dir: str | os.PathLike, dataset: str) -> Path:
@@ -96,11 +96,12 @@ class BenchmarkFiles:
     labels: np.ndarray
 
 
-def _xlsa17_file(data_dir: Path, dataset: str, name: str) -> Path:
-    candidates = [data_dir / "xlsa17" / "data" / dataset / name, data_dir / "xlsa17" / dataset / name]
+def _xlsa17_file(data_dir: Path, dataset: str, key: str) -> Path:
+    """The benchmark's ``res101`` or ``att_splits`` file, where :func:`.xlsa17.candidate_files` looks."""
+    candidates = candidate_files(data_dir, dataset)[key]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise UserError(f"{dataset}: no {name} under {data_dir} (looked for {', '.join(map(str, candidates))})",
+        raise UserError(f"{dataset}: no {key}.mat under {data_dir} (looked for {', '.join(map(str, candidates))})",
                         "unpack xlsa17.zip (the proposed splits of Xian et al.) into DATA_DIR/xlsa17/")
     return found
 
@@ -146,8 +147,8 @@ def _layout_hint(dataset: str) -> str:
 def find_benchmark_files(dataset: str, image_dir: str | os.PathLike, data_dir: str | os.PathLike) -> BenchmarkFiles:
     """Read the picture list and labels, and check that every listed picture is there."""
     data_dir = Path(data_dir)
-    res101_path = _xlsa17_file(data_dir, dataset, "res101.mat")
-    att_splits = _xlsa17_file(data_dir, dataset, "att_splits.mat")
+    res101_path = _xlsa17_file(data_dir, dataset, "res101")
+    att_splits = _xlsa17_file(data_dir, dataset, "att_splits")
     res101 = read_res101(res101_path)
     if res101.image_files is None:
         raise UserError(f"{res101_path} has no field 'image_files'", "use the res101.mat of xlsa17.zip")
@@ -155,7 +156,7 @@ def find_benchmark_files(dataset: str, image_dir: str | os.PathLike, data_dir: s
         raise UserError(f"{res101_path}: {len(res101.image_files)} image_files but {len(res101.labels)} labels",
                         "use an unmodified res101.mat of xlsa17.zip")
     images = resolve_images(res101.image_files, Path(image_dir), dataset, res101_path)
-    vectors = [data_dir / "w2v" / f"{dataset}_attribute{suffix}" for suffix in WORD_VECTOR_SUFFIXES]
+    vectors = candidate_files(data_dir, dataset)["word_vectors"]
     return BenchmarkFiles(dataset, res101_path, att_splits, next((p for p in vectors if p.is_file()), None),
                           Path(image_dir), images, res101.labels)
 
@@ -166,13 +167,6 @@ def _shard_path(work_dir: Path, chunk: int) -> Path:
 
 def _chunks(num_images: int, chunk_size: int) -> list[range]:
     return [range(begin, min(begin + chunk_size, num_images)) for begin in range(0, num_images, chunk_size)]
-
-
-def _feature_maps(extractor: RegionFeatureExtractor, pixel_values: torch.Tensor) -> np.ndarray:
-    """(n, D, H, W) float32 maps of a batch: the extractor's row-major regions, folded back."""
-    regions = extractor.extract_pixel_values(pixel_values).regions  # (n, H*W, D)
-    side = math.isqrt(regions.shape[1])  # square crops give square maps
-    return regions.transpose(0, 2, 1).reshape(len(regions), regions.shape[2], side, side)
 
 
 def _batches(images: _ImageFiles, batch_size: int, num_workers: int, pin_memory: bool) -> Iterator[torch.Tensor]:
@@ -197,7 +191,7 @@ def _extract_chunk(extractor: RegionFeatureExtractor, images: _ImageFiles, shard
     with atomic_path(shard) as tmp:
         array, done = None, 0
         for pixel_values in _batches(images, batch_size, num_workers, extractor.device.type == "cuda"):
-            maps = _feature_maps(extractor, pixel_values)
+            maps = extractor.feature_maps(pixel_values)
             if not np.isfinite(maps).all():
                 first = images.image_dir / images.files[done]
                 raise UserError(f"the backbone gave NaN or Inf features for the batch from {first}",
@@ -226,8 +220,9 @@ def extract_shards(extractor: RegionFeatureExtractor, files: BenchmarkFiles, wor
     return [_shard_path(work_dir, i) for i in range(len(chunks))]
 
 
-def _check_splits(files: BenchmarkFiles) -> None:
-    """att_splits.mat must index the pictures of this res101.mat: checked before hours of work."""
+def _check_splits(files: BenchmarkFiles) -> tuple[ClassTable, dict[str, np.ndarray]]:
+    """att_splits.mat, read once: it must index the pictures of this res101.mat, which is checked
+    before hours of work; its classes and splits are stored beside the maps at the end."""
     table, locs = read_att_splits(files.att_splits)
     try:
         check_locs(locs, len(files.images), str(files.att_splits))
@@ -236,11 +231,11 @@ def _check_splits(files: BenchmarkFiles) -> None:
     if files.labels.max() >= len(table.class_names):
         raise UserError(f"{files.res101}: labels reach {files.labels.max() + 1}, {files.att_splits} has "
                         f"{len(table.class_names)} classes", f"use the files of the same xlsa17 {files.dataset}")
+    return table, locs
 
 
-def _side_fields(files: BenchmarkFiles) -> dict[str, np.ndarray]:
+def side_fields(files: BenchmarkFiles, table: ClassTable, locs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the authors' script stores beside the maps, in its conventions (0-based, classes first)."""
-    table, locs = read_att_splits(files.att_splits)
     fields = {"labels": files.labels, **{name: locs[name] for name in MAIN_LOC_FIELDS}, "att": table.attributes}
     if table.original_attributes is not None:
         fields["original_att"] = table.original_attributes
@@ -249,8 +244,10 @@ def _side_fields(files: BenchmarkFiles) -> dict[str, np.ndarray]:
     return fields
 
 
-def write_feature_file(target: Path, shards: list[Path], files: BenchmarkFiles, attributes: dict) -> None:
-    """The HDF5, filled from the shards a block at a time under a temporary name, then renamed."""
+def write_feature_file(target: Path, shards: list[Path], files: BenchmarkFiles, fields: dict[str, np.ndarray],
+                       attributes: dict) -> None:
+    """The HDF5, filled from the shards a block at a time under a temporary name, then renamed;
+    `fields` (:func:`side_fields`) and `attributes` are stored beside the maps."""
     first = np.load(shards[0], mmap_mode="r")
     shape = (len(files.images), *first.shape[1:])
     step = max(1, _WRITE_BLOCK_BYTES // (int(np.prod(shape[1:])) * 4))
@@ -266,7 +263,7 @@ def write_feature_file(target: Path, shards: list[Path], files: BenchmarkFiles, 
             begin += len(block)
         if begin != len(files.images):
             raise RuntimeError(f"the shards hold {begin} pictures, expected {len(files.images)}")
-        for name, values in _side_fields(files).items():
+        for name, values in fields.items():
             h5.create_dataset(name, data=values)
         h5.attrs.update(attributes)
 
@@ -323,25 +320,27 @@ def extract_region_features(
         shutil.rmtree(work_folder(data_dir, dataset), ignore_errors=True)
         raise UserError(f"{target} already exists", "delete it first to extract the features again")
     files = find_benchmark_files(dataset, image_dir, data_dir)
-    _check_splits(files)
+    table, locs = _check_splits(files)
     model = (backbone if isinstance(backbone, ResNetModel)
              else build_resnet101(backbone, architecture=architecture or resnet101_config()))
     device = torch.device(device) if device is not None else default_device()
     extractor = RegionFeatureExtractor(model, crop_size=crop_size, resize_size=resize_size, device=device,
                                        autocast=_resolve_autocast(autocast, device))
     fingerprint = backbone_id(model)
-    name = "a ResNetModel given in Python" if isinstance(backbone, ResNetModel) else backbone_name(backbone)
+    name = backbone_name(backbone)
     settings = {"crop_size": crop_size, "resize_size": resize_size or crop_size}
     manifest = {"dataset": dataset, "num_images": len(files.images), "chunk_size": chunk_size,
                 "images_sha256": hashlib.sha256("\n".join(files.images).encode()).hexdigest(),
                 "backbone": fingerprint, "autocast": str(extractor.autocast_dtype), **settings}
-    logger.info("extracting %d %s pictures with %s (%s), %s autocast on %s", len(files.images), dataset, name,
+    logger.info("extracting %d %s pictures with %s (%s), %s autocast on %s", len(files.images), dataset,
+                describe_backbone(backbone),
                 fingerprint[:19], extractor.autocast_dtype or "no", extractor.device)
     work_dir = work_folder(data_dir, dataset)
     _start_work(work_dir, manifest)
     shards = extract_shards(extractor, files, work_dir, chunk_size, batch_size, num_workers)
     _remove_stale_files(target)
-    write_feature_file(target, shards, files, {"feature_backbone": fingerprint, "feature_backbone_name": name,
-                                               **settings})
+    named = {"feature_backbone_name": name} if name is not None else {}  # an unnamed model records its hash only
+    write_feature_file(target, shards, files, side_fields(files, table, locs),
+                       {"feature_backbone": fingerprint, **named, **settings})
     shutil.rmtree(work_dir)
     return target

@@ -49,6 +49,14 @@ FEATURES_CONFIG = "features"
 CLASSES_CONFIG = "classes"
 ATTRIBUTES_CONFIG = "attributes"
 TABLE_SPLIT = "train"  # the single split name datasets gives the classes / attributes tables
+# The layout's schema: the columns each config must have for the loader to read it (written by
+# save_zsl_dataset_to_hub_layout, checked before a push); global_features, original_attributes
+# and word_vector come along only where the benchmark has them.
+REQUIRED_COLUMNS = {
+    FEATURES_CONFIG: (REGION_COLUMN, LABEL_COLUMN),
+    CLASSES_CONFIG: ("class_id", "class_name", "attributes", "is_unseen"),
+    ATTRIBUTES_CONFIG: ("attribute_name",),
+}
 # Parquet shards of ~256 MiB of float16 features, and row groups small enough to stream.
 _SHARD_BYTES = 256 * 2**20
 _ROW_GROUP_BYTES = 32 * 2**20

@@ -65,16 +65,20 @@ from tqdm.auto import tqdm
 from transformers import ResNetModel
 
 from ..atomic import atomic_path, atomic_write_text
-from ..image_processing_scegg import UnusableImage, load_picture
+from ..errors import UserError
+from ..image_processing_scegg import SCEGGImageProcessor, UnusableImage, load_picture
 from .backbone import (
+    AUTOCAST_DTYPES,
     DEFAULT_CROP_SIZE,
     ImagePreprocessor,
     RegionFeatureExtractor,
     backbone_id,
     build_resnet101,
+    image_processor,
     model_fingerprint,
 )
-from .store import load_split, region_feature_features, write_split
+from .semantics import ClassTable, attribute_values, l2_normalize_rows
+from .store import load_split, region_feature_features, split_batches, write_split
 from .word_vectors import load_word_vectors
 
 logger = logging.getLogger(__name__)
@@ -87,16 +91,6 @@ DONE_FILE_NAME = "image_features.json"
 MANIFEST_FILE_NAME = "manifest.json"
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
-
-
-@dataclass
-class ClassTable:
-    """The class file: names in label order, unseen flags and raw (C, A) attributes."""
-
-    class_names: list[str]
-    is_unseen: np.ndarray
-    attributes: np.ndarray
-    attribute_names: list[str]
 
 
 @dataclass
@@ -151,15 +145,9 @@ def read_class_table(path: str | os.PathLike) -> ClassTable:
         name = row[0].strip()
         if not name:
             raise ValueError(f"{where}: empty class_name")
-        try:
-            numbers = [float(cell) for cell in row[2:]]
-        except ValueError as error:
-            raise ValueError(f"{where} (class {name!r}): attribute values must be numbers: {error}") from error
-        if not np.isfinite(numbers).all():
-            raise ValueError(f"{where} (class {name!r}): attribute values must be finite")
+        values.append(attribute_values(row[2:], where, name))
         names.append(name)
         unseen.append(_parse_flag(row[1], where))
-        values.append(numbers)
     if not names:
         raise ValueError(f"{path} lists no classes")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -171,16 +159,10 @@ def read_class_table(path: str | os.PathLike) -> ClassTable:
             f"{path}: zero-shot learning needs both seen and unseen classes, got "
             f"{int((~is_unseen).sum())} seen and {int(is_unseen.sum())} unseen"
         )
-    return ClassTable(names, is_unseen, np.array(values, dtype=np.float32), attribute_names)
-
-
-def normalized_attributes(table: ClassTable) -> np.ndarray:
-    """Rows scaled to unit L2 norm; an all-zero row has no direction and is refused."""
-    norms = np.linalg.norm(table.attributes, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if len(zero):
-        raise ValueError(f"classes {[table.class_names[i] for i in zero]} have all-zero attributes")
-    return (table.attributes / norms).astype(np.float32)
+    # the file's values are the model's attributes (normalised per class on loading) and, as they
+    # are, the original attributes
+    raw = np.array(values, dtype=np.float32)
+    return ClassTable(names, raw, original_attributes=raw, attribute_names=attribute_names, is_unseen=is_unseen)
 
 
 def list_images(image_dir: str | os.PathLike, class_names: list[str]) -> dict[str, list[str]]:
@@ -407,17 +389,14 @@ def _chunk_files(files: list[str], chunk: int, chunk_size: int) -> list[str]:
     return files[chunk * chunk_size : (chunk + 1) * chunk_size]
 
 
-def _split_batches(
+def _shard_batches(
     work_dir: Path, split: str, files: list[str], labels: np.ndarray, chunk_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream one split's shards (memory-mapped) to the store writer."""
-    for chunk in range(_num_chunks(len(files), chunk_size)):
-        regions_path, pooled_path = _shard_paths(work_dir, split, chunk)
-        yield {
-            "region_features": np.load(regions_path, mmap_mode="r"),
-            "label": labels[chunk * chunk_size : (chunk + 1) * chunk_size],
-            "global_features": np.load(pooled_path),
-        }
+    """One split's region shards (memory-mapped) and global features, streamed to the store writer."""
+    chunks = range(_num_chunks(len(files), chunk_size))
+    regions = (np.load(_shard_paths(work_dir, split, chunk)[0], mmap_mode="r") for chunk in chunks)
+    pooled = np.concatenate([np.load(_shard_paths(work_dir, split, chunk)[1]) for chunk in chunks])
+    return split_batches(regions, np.arange(len(files)), labels, pooled)
 
 
 def _feature_shape(work_dir: Path, splits: dict[str, list[str]]) -> tuple[int, int]:
@@ -484,7 +463,7 @@ def load_image_folder(
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     table = read_class_table(class_attributes_file)
     splits = _image_splits(image_dir, table, splits_file, test_seen_fraction, seed)
-    attributes = normalized_attributes(table)
+    attributes = l2_normalize_rows(table.attributes, str(class_attributes_file), "attributes", table.class_names)
     vectors = (None if attribute_vectors_file is None
                else read_attribute_vectors(attribute_vectors_file, len(table.attribute_names)))
     model = _build_backbone(backbone_weights)
@@ -502,7 +481,7 @@ def load_image_folder(
         splits=datasets_,
         class_names=table.class_names,
         attributes=attributes,
-        original_attributes=table.attributes,
+        original_attributes=table.original_attributes,
         attribute_names=table.attribute_names,
         seen_class_ids=np.flatnonzero(~table.is_unseen).astype(np.int64),
         unseen_class_ids=np.flatnonzero(table.is_unseen).astype(np.int64),
@@ -510,6 +489,82 @@ def load_image_folder(
         image_files={DATASET_SPLIT_NAMES[s]: files for s, files in splits.items()},
         backbone=backbone_id(model),
     )
+
+
+# The settings of load_image_folder a run may set (``--image_options key=value ...`` on the command
+# line, ``image_options`` of load_zsl_dataset): name -> (type, what it sets).
+IMAGE_OPTIONS: dict[str, tuple[type, str]] = {
+    "crop_size": (int, f"the crop the backbone sees (default {DEFAULT_CROP_SIZE}: 14 x 14 regions; 224: 7 x 7)"),
+    "resize_size": (int, "short side before cropping (default: the crop size)"),
+    "splits_file": (str, "JSON file mapping each image to trainval / test_seen / test_unseen"),
+    "test_seen_fraction": (float, "without a splits file: the share of each seen class held out as test_seen"),
+    "seed": (int, "without a splits file: the seed of that split"),
+    "attribute_vectors_file": (str, "the (A, dv) attribute word vectors (.npy, .safetensors, .pkl)"),
+    "batch_size": (int, "pictures per forward pass"),
+    "chunk_size": (int, "pictures per resumable shard"),
+    "num_workers": (int, "DataLoader processes decoding pictures"),
+    "device": (str, "where the backbone runs (default: cuda when available)"),
+    "autocast": (str, "fp16 or bf16 on a GPU (default: float32)"),
+}
+_MINIMUM = {"crop_size": 1, "resize_size": 1, "batch_size": 1, "chunk_size": 1, "num_workers": 0}
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "a text"}
+_ACCEPTED = {int: (int,), float: (int, float), str: (str, os.PathLike, torch.device)}  # what Python callers may pass
+_NONE_MEANS_DEFAULT = ("resize_size", "splits_file", "attribute_vectors_file", "device", "autocast")
+
+
+def _options_remedy() -> str:
+    return "image options are " + "; ".join(f"{name}: {help_}" for name, (_, help_) in IMAGE_OPTIONS.items())
+
+
+def parse_image_options(items: list[str]) -> dict[str, object]:
+    """``key=value`` strings (``--image_options crop_size=224 ...``) as checked options for
+    :func:`load_image_folder`; a mistake names the option and what it takes."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in IMAGE_OPTIONS:
+            raise UserError(f"--image_options: {item!r} is not key=value with one of the image options "
+                            f"({', '.join(IMAGE_OPTIONS)})", _options_remedy())
+        kind = IMAGE_OPTIONS[key][0]
+        try:
+            options[key] = kind(text)
+        except ValueError:
+            raise UserError(f"--image_options: {key} takes {_KIND_WORDS[kind]}, got {text!r}", _options_remedy()) from None
+    return check_image_options(options)
+
+
+def check_image_options(options: dict[str, object]) -> dict[str, object]:
+    """The options, after refusing unknown names and values load_image_folder cannot use."""
+    for name, value in options.items():
+        if name not in IMAGE_OPTIONS:
+            raise UserError(f"unknown image option {name!r}", _options_remedy())
+        if value is None and name in _NONE_MEANS_DEFAULT:
+            continue
+        kind = IMAGE_OPTIONS[name][0]
+        if isinstance(value, bool) or not isinstance(value, _ACCEPTED[kind]):
+            raise UserError(f"image option {name} takes {_KIND_WORDS[kind]}, got {value!r}", _options_remedy())
+        if name in _MINIMUM and value < _MINIMUM[name]:
+            raise UserError(f"image option {name} must be at least {_MINIMUM[name]}, got {value}", _options_remedy())
+    crop = options.get("crop_size", DEFAULT_CROP_SIZE)
+    if (options.get("resize_size") or crop) < crop:
+        raise UserError(f"image option resize_size={options['resize_size']} is smaller than the crop ({crop})",
+                        "resize the short side to at least the crop size, or leave resize_size out")
+    if not 0 <= options.get("test_seen_fraction", 0) < 1:
+        raise UserError(f"image option test_seen_fraction must lie in [0, 1), got {options['test_seen_fraction']}",
+                        "pass the share of each seen class's images to hold out, e.g. test_seen_fraction=0.2")
+    if options.get("autocast") not in (None, *AUTOCAST_DTYPES):
+        raise UserError(f"image option autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {options['autocast']!r}",
+                        "leave it out for float32")
+    missing = [options[name] for name in ("splits_file", "attribute_vectors_file")
+               if options.get(name) is not None and not Path(options[name]).is_file()]
+    if missing:
+        raise UserError(f"image option files not found: {missing}", "check the paths")
+    return options
+
+
+def image_options_processor(options: dict[str, object]) -> SCEGGImageProcessor:
+    """The image processor of features extracted with `options` (what a model trained on them saves)."""
+    return image_processor(options.get("crop_size", DEFAULT_CROP_SIZE), options.get("resize_size"))
 
 
 def _stored_splits(out_dir: Path, manifest: dict, resume: bool) -> dict[str, Dataset] | None:
@@ -551,7 +606,7 @@ def _extract_and_store(
     for split in SOURCE_SPLITS:
         name = DATASET_SPLIT_NAMES[split]
         files = splits[split]
-        batches = _split_batches(work_dir, split, files, _labels(files, class_names), chunk_size)
+        batches = _shard_batches(work_dir, split, files, _labels(files, class_names), chunk_size)
         result[name] = write_split(batches, features, out_dir / name, num_rows=len(files), desc=f"writing {name}")
     _write_json(out_dir / DONE_FILE_NAME, manifest)
     shutil.rmtree(work_dir)

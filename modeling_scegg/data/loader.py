@@ -28,7 +28,7 @@ from .attribute_text import ensure_word_vectors
 from .backbone import HUB_ID, backbone_name, model_fingerprint
 from .converted import FORMAT_VERSION, is_converted, open_converted, save_converted
 from .hub_layout import convert_hub_layout
-from .images import load_image_folder
+from .images import check_image_options, load_image_folder
 from .semantics import ClassSemantics, ZSLDataset, build_semantics, clip_negative
 from .synthetic import SyntheticConfig, write_synthetic_splits
 from .xlsa17 import StandardFiles, convert_standard, find_standard_files, read_feature_backbone
@@ -146,13 +146,14 @@ def _load_images(
     image_options: dict,
 ) -> ZSLDataset:
     """Delegate to :func:`.images.load_image_folder`, which caches and resumes on its own."""
-    options = dict(image_options)
+    options = check_image_options(dict(image_options))
     parts = {
         "image_dir": str(Path(image_dir).resolve()),
         "class_attributes_file": file_fingerprint(Path(class_attributes_file)),
         "splits_file": file_fingerprint(options.get("splits_file") and Path(options["splits_file"])),
         "backbone": _backbone_identity(image_backbone),
-        "options": {k: v for k, v in options.items() if k in ("crop_size", "resize_size", "test_seen_fraction", "seed")},
+        "options": {k: v for k, v in options.items()
+                    if k in ("crop_size", "resize_size", "test_seen_fraction", "seed", "autocast")},
     }
     out_dir = cache_dir / f"images-{_safe_name(Path(image_dir).resolve().name)}-{_digest(parts)}"
     result = load_image_folder(image_dir, class_attributes_file, out_dir, backbone_weights=image_backbone, **options)
@@ -169,7 +170,7 @@ def _load_images(
         raise ValueError(f"{class_attributes_file}: is_unseen disagrees with the classes found in test_unseen")
     return ZSLDataset(name=Path(image_dir).name, splits=DatasetDict(result.splits), semantics=semantics,
                       feature_backbone=result.backbone,
-                      feature_backbone_name=None if isinstance(image_backbone, ResNetModel) else backbone_name(image_backbone))
+                      feature_backbone_name=backbone_name(image_backbone))
 
 
 def _standard_name(name: str, data_dir: str | os.PathLike | None) -> str | None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .semantics import attribute_values
+
 
 def read_new_classes(path: str | os.PathLike, num_attributes: int) -> tuple[list[str], np.ndarray]:
     """(class names, (n, A) float32 attributes), checked row by row against the model's A."""
@@ -32,14 +34,8 @@ def read_new_classes(path: str | os.PathLike, num_attributes: int) -> tuple[list
         name = row[0].strip()
         if len(row) != num_attributes + 1 or not name:
             raise ValueError(f"{path}, line {line}: expected a class name and {num_attributes} values, got {row[:3]}...")
-        try:
-            numbers = [float(cell) for cell in row[1:]]
-        except ValueError as error:
-            raise ValueError(f"{path}, line {line} (class {name!r}): attribute values must be numbers: {error}") from error
-        if not np.isfinite(numbers).all():
-            raise ValueError(f"{path}, line {line} (class {name!r}): attribute values must be finite")
+        values.append(attribute_values(row[1:], f"{path}, line {line}", name))
         names.append(name)
-        values.append(numbers)
     if not names:
         raise ValueError(f"{path} lists no classes")
     return names, np.array(values, dtype=np.float32)

@@ -28,6 +28,19 @@ VALIDATION_SPLITS = ("train_sub", "val")
 
 
 @dataclass
+class ClassTable:
+    """A source's class file as read, before the splits say which classes are seen: the class
+    names in label order and their (C, A) attributes as the source gives them, with what the
+    source adds where it has it (values on their own scale, attribute names, unseen flags)."""
+
+    class_names: list[str]
+    attributes: np.ndarray
+    original_attributes: np.ndarray | None = None
+    attribute_names: list[str] | None = None
+    is_unseen: np.ndarray | None = None
+
+
+@dataclass
 class ClassSemantics:
     """Everything the model needs to know about the classes, in the model's orientation (C, A)."""
 
@@ -110,26 +123,44 @@ class ZSLDataset:
         return region_shape(self.splits["train"].features)[1]
 
 
-def l2_normalize_rows(matrix: np.ndarray, source: str, field: str) -> np.ndarray:
-    """Unit-norm class vectors (what xlsa17 `att` holds); a zero row cannot be normalised."""
+def l2_normalize_rows(matrix: np.ndarray, source: str, field: str, row_names: list[str] | None = None) -> np.ndarray:
+    """Unit-norm class vectors (what xlsa17 `att` holds); a zero row cannot be normalised and is
+    refused by row (and by class name, where `row_names` gives them)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     if (norms == 0).any():
         rows = np.flatnonzero(norms[:, 0] == 0).tolist()
-        raise ValueError(f"{source}: field '{field}' has all-zero class vectors at rows {rows[:10]}")
+        named = f" (classes {[row_names[i] for i in rows[:10]]})" if row_names is not None else ""
+        raise ValueError(f"{source}: field '{field}' has all-zero class vectors at rows {rows[:10]}{named}")
     return (matrix / norms).astype(np.float32)
 
 
-def check_matrix(matrix: np.ndarray, source: str, field: str, shape: tuple[int | None, ...]) -> np.ndarray:
-    """A finite real matrix of the expected shape (None = any size), or a clear error."""
+def check_matrix(matrix: object, source: str, field: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A finite, non-empty real matrix of the expected shape (None = any size) as float32, or an
+    error naming the source, the field and the shape expected: the one check of every matrix a
+    source gives (class attributes, word vectors)."""
+    if not isinstance(matrix, (np.ndarray, list, tuple)):
+        raise ValueError(f"{source}: field '{field}' must be a numeric array, got {type(matrix).__name__}")
     matrix = np.asarray(matrix)
     if matrix.dtype.kind not in "fiu":
         raise ValueError(f"{source}: field '{field}' must be numeric, got dtype {matrix.dtype}")
-    if matrix.ndim != len(shape) or any(e is not None and e != r for e, r in zip(shape, matrix.shape)):
+    if matrix.ndim != len(shape) or 0 in matrix.shape or any(e is not None and e != r for e, r in zip(shape, matrix.shape)):
         expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"{source}: field '{field}' must have shape {expected}, got {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError(f"{source}: field '{field}' contains NaN or Inf values")
-    return matrix.astype(np.float32)
+    return np.array(matrix, dtype=np.float32, order="C")  # a copy: callers keep their array
+
+
+def attribute_values(cells: list[str], where: str, name: str) -> list[float]:
+    """One class's attribute values from the cells of a class file's row (the image folder's
+    class file, add-classes' file), refused by line and class when not finite numbers."""
+    try:
+        numbers = [float(cell) for cell in cells]
+    except ValueError as error:
+        raise ValueError(f"{where} (class {name!r}): attribute values must be numbers: {error}") from error
+    if not np.isfinite(numbers).all():
+        raise ValueError(f"{where} (class {name!r}): attribute values must be finite")
+    return numbers
 
 
 def _ids(labels: np.ndarray) -> np.ndarray:

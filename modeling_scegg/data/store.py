@@ -52,6 +52,22 @@ def region_feature_features(
     return Features(columns)
 
 
+def split_batches(
+    region_blocks: Iterable[np.ndarray], rows: np.ndarray, labels: np.ndarray, pooled: np.ndarray | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches for :func:`write_split`: each block of (n, R, D) region features with the labels
+    (and global features) of its images, which are the next n entries of ``rows`` (indices into
+    ``labels`` / ``pooled``): every source streams its region blocks and keeps the small columns whole."""
+    done = 0
+    for regions in region_blocks:
+        block = rows[done : done + len(regions)]
+        batch = {REGION_COLUMN: regions, LABEL_COLUMN: labels[block]}
+        if pooled is not None:
+            batch[GLOBAL_COLUMN] = pooled[block]
+        done += len(regions)
+        yield batch
+
+
 def region_shape(features: Features) -> tuple[int, int]:
     """(R, D) of a region-feature schema, with a clear error for a schema of another kind."""
     feature = features.get(REGION_COLUMN)

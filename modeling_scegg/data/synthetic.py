@@ -239,7 +239,9 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
     )
 
 
-def _spread(total: int, classes: np.ndarray) -> np.ndarray:
+def spread(total: int, classes: np.ndarray) -> np.ndarray:
+    """`total` labels over `classes` as evenly as possible (the first classes take the remainder,
+    one each), class-major: every image of the first class, then the next, ..."""
     counts = np.full(len(classes), total // len(classes))
     counts[: total % len(classes)] += 1
     return np.repeat(classes, counts)
@@ -251,9 +253,9 @@ def split_labels(config: SyntheticConfig, world: SyntheticWorld) -> dict[str, np
     if config.split_sizes is not None:
         train, test_seen, test_unseen = config.split_sizes
         return {
-            "train": _spread(train, seen),
-            "test_seen": _spread(test_seen, seen),
-            "test_unseen": _spread(test_unseen, world.unseen_class_ids),
+            "train": spread(train, seen),
+            "test_seen": spread(test_seen, seen),
+            "test_unseen": spread(test_unseen, world.unseen_class_ids),
         }
     return {
         "train": np.repeat(seen, config.train_images_per_class),

@@ -33,11 +33,11 @@ from .synthetic import (
     SyntheticWorld,
     class_ingredients,
     render_images,
+    spread,
     visual_ingredients,
 )
-from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
-from .xlsa17 import read_att_splits
+from .xlsa17 import candidate_files, read_att_splits
 
 # Unseen classes of the xlsa17 proposed splits (Xian et al.), and the share of seen classes that
 # its train_loc / val_loc hold out as validation classes where a copy lacks them (CUB: 50 of 150).
@@ -47,21 +47,24 @@ _WRITE_BLOCK_BYTES = 32 * 2**20
 
 
 def _metadata_files(name: str, metadata_dir: Path) -> tuple[Path, Path]:
-    att_splits = next((p for p in (metadata_dir / "xlsa17" / "data" / name / "att_splits.mat",
-                                   metadata_dir / "xlsa17" / name / "att_splits.mat") if p.is_file()), None)
+    """att_splits.mat and the word vectors, where :func:`.xlsa17.candidate_files` looks for them."""
+    candidates = candidate_files(metadata_dir, name)
+    att_splits = next((p for p in candidates["att_splits"] if p.is_file()), None)
     if att_splits is None:
         raise FileNotFoundError(f"{name}: no xlsa17/{name}/att_splits.mat (or xlsa17/data/{name}/) under {metadata_dir}")
-    words = next((metadata_dir / "w2v" / f"{name}_attribute{s}" for s in WORD_VECTOR_SUFFIXES
-                  if (metadata_dir / "w2v" / f"{name}_attribute{s}").is_file()), None)
+    words = next((p for p in candidates["word_vectors"] if p.is_file()), None)
     if words is None:
         raise FileNotFoundError(f"{name}: no w2v/{name}_attribute.pkl (.npy, .safetensors) under {metadata_dir}")
     return att_splits, words
 
 
-def _spread(images: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> dict[int, int]:
-    """Assign the images to the classes as evenly as possible, in a random order."""
+def _deal(images: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> dict[int, int]:
+    """Image -> class, as evenly as possible (:func:`.synthetic.spread`): the images shuffled and
+    dealt to the classes in turn, the i-th to class i mod C (the order the layouts were always
+    written in, so a seed gives the same labels as before)."""
     images = rng.permutation(images)
-    return dict(zip(images.tolist(), classes[np.arange(len(images)) % len(classes)].tolist()))
+    in_turn = np.argsort(np.arange(len(images)) % len(classes), kind="stable")
+    return dict(zip(images[in_turn].tolist(), spread(len(images), classes).tolist()))
 
 
 def assign_labels(
@@ -83,9 +86,9 @@ def assign_labels(
         seen_images = rng.permutation(np.concatenate([locs["trainval_loc"], locs["test_seen_loc"]]))
         cut = int(len(seen_images) * num_val / len(seen) + 0.5)
         locs = {**locs, "val_loc": np.sort(seen_images[:cut]), "train_loc": np.sort(seen_images[cut:])}
-    assignment = _spread(locs["test_unseen_loc"], unseen, rng)
-    assignment.update(_spread(locs["val_loc"], val, rng))
-    assignment.update(_spread(locs["train_loc"], train, rng))
+    assignment = _deal(locs["test_unseen_loc"], unseen, rng)
+    assignment.update(_deal(locs["val_loc"], val, rng))
+    assignment.update(_deal(locs["train_loc"], train, rng))
     labels = np.full(1 + max(int(v.max()) for v in locs.values()), -1, dtype=np.int64)
     labels[list(assignment)] = list(assignment.values())
     if (labels < 0).any():

@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ..atomic import atomic_path
+from .semantics import check_matrix
 
 WORD_VECTOR_KEY = "word_vectors"
 SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors")
@@ -55,19 +56,6 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed in word-vector pickles")
-
-
-def _check_matrix(array: object, source: str) -> np.ndarray:
-    """The loaded object must be a finite real 2-D matrix (A, dv); returned as float32."""
-    if not isinstance(array, np.ndarray) or type(array) is not np.ndarray:
-        raise ValueError(f"{source}: expected a numpy array of shape (A, dv), got {type(array).__name__}")
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"{source}: expected a real-valued array, got dtype {array.dtype}")
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"{source}: expected word vectors of shape (A, dv), got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: word vectors contain NaN or Inf values")
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _load_pickle(path: Path) -> np.ndarray:
@@ -109,13 +97,13 @@ def load_word_vectors(path: str | os.PathLike) -> np.ndarray:
         array = _load_safetensors(path)
     else:
         raise ValueError(f"{path}: unsupported word-vector format '{suffix}', expected one of {SUFFIXES}")
-    return _check_matrix(array, str(path))
+    return check_matrix(array, str(path), "word_vectors", (None, None))
 
 
 def save_word_vectors(word_vectors: np.ndarray, path: str | os.PathLike) -> Path:
     """Write word vectors as .safetensors or .npy (the formats that cannot carry code), atomically."""
     path = Path(path)
-    matrix = _check_matrix(np.asarray(word_vectors), "word_vectors")
+    matrix = check_matrix(np.asarray(word_vectors), str(path), "word_vectors", (None, None))
     if path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"{path}: word vectors are saved as .safetensors or .npy, got '{path.suffix}'")
     with atomic_path(path) as tmp:

@@ -23,8 +23,8 @@ import numpy as np
 import scipy.io
 
 from ..optional import import_optional
-from .semantics import ClassSemantics, build_semantics
-from .store import region_feature_features, write_split
+from .semantics import ClassSemantics, ClassTable, build_semantics
+from .store import region_feature_features, split_batches, write_split
 from .word_vectors import SUFFIXES as WORD_VECTOR_SUFFIXES
 from .word_vectors import load_word_vectors
 
@@ -33,15 +33,6 @@ MAIN_LOC_FIELDS = LOC_FIELDS[:3]
 # Blocks of ~64 MiB of float32 feature maps bound the memory used while converting.
 _READ_BLOCK_BYTES = 64 * 2**20
 _MAX_BLOCK_IMAGES = 4096  # h5py point selections get slow with very many points
-
-
-@dataclass
-class ClassTable:
-    """att_splits.mat's class information, turned to (C, A) like the model uses it."""
-
-    attributes: np.ndarray
-    original_attributes: np.ndarray | None
-    class_names: list[str]
 
 
 @dataclass
@@ -225,7 +216,10 @@ def read_feature_backbone(path: str | os.PathLike) -> tuple[str | None, str | No
     return (None if fingerprint is None else str(fingerprint)), (None if name is None else str(name))
 
 
-def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:
+def candidate_files(data_dir: str | os.PathLike, name: str) -> dict[str, list[Path]]:
+    """Where each file of benchmark `name` may be under `data_dir` (the layout in the module
+    docstring), the preferred place first: the one list every reader and writer of it looks in."""
+    data_dir = Path(data_dir)
     return {
         "att_splits": [data_dir / "xlsa17" / "data" / name / "att_splits.mat", data_dir / "xlsa17" / name / "att_splits.mat"],
         "res101": [data_dir / "xlsa17" / "data" / name / "res101.mat", data_dir / "xlsa17" / name / "res101.mat"],
@@ -240,10 +234,10 @@ def _candidates(data_dir: Path, name: str) -> dict[str, list[Path]]:
 def find_standard_files(name: str, data_dir: str | os.PathLike) -> StandardFiles:
     """Locate a benchmark's files; att_splits.mat and the region HDF5 are required."""
     data_dir = Path(data_dir)
-    found = {key: next((p for p in paths if p.is_file()), None) for key, paths in _candidates(data_dir, name).items()}
+    found = {key: next((p for p in paths if p.is_file()), None) for key, paths in candidate_files(data_dir, name).items()}
     for required in ("att_splits", "region_hdf5"):
         if found[required] is None:
-            tried = ", ".join(str(p) for p in _candidates(data_dir, name)[required])
+            tried = ", ".join(str(p) for p in candidate_files(data_dir, name)[required])
             raise FileNotFoundError(f"{name}: no {required} file under {data_dir} (looked for: {tried})")
     return StandardFiles(name=name, **found)
 
@@ -322,18 +316,6 @@ def _word_vectors(files: StandardFiles, h5: RegionHDF5) -> np.ndarray | None:
     return h5.field("w2v_att")
 
 
-def _split_batches(h5: RegionHDF5, indices: np.ndarray, labels: np.ndarray, pooled: np.ndarray | None):
-    """Batches for write_split: regions from the HDF5, labels and pooled features by image index."""
-    done = 0
-    for regions in h5.iter_regions(indices):
-        block = indices[done : done + len(regions)]
-        batch = {"region_features": regions, "label": labels[block]}
-        if pooled is not None:
-            batch["global_features"] = pooled[block]
-        done += len(regions)
-        yield batch
-
-
 def convert_standard(files: StandardFiles, out_dir: str | os.PathLike) -> tuple[ClassSemantics, dict[str, np.ndarray]]:
     """Check a benchmark's files and write its splits under ``out_dir`` (finished splits are kept).
 
@@ -386,7 +368,7 @@ def convert_standard(files: StandardFiles, out_dir: str | os.PathLike) -> tuple[
         for name, idx in indices.items():
             if not (out_dir / name).is_dir():
                 write_split(
-                    _split_batches(h5, idx, labels, pooled), features, out_dir / name, num_rows=len(idx),
+                    split_batches(h5.iter_regions(idx), idx, labels, pooled), features, out_dir / name, num_rows=len(idx),
                     desc=f"{files.name} {name}",
                 )
     return semantics, subsets

@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 from transformers import HfArgumentParser
 
 from ..data.attribute_text import DEFAULT_ATTRIBUTE_ENCODER
+from ..data.images import parse_image_options
 from ..presets import PRESET_FOLDERS, shipped_presets
 from .precision import resolve_mixed_precision
 
@@ -61,6 +62,10 @@ class SCEGGTrainingArguments:
     image_backbone: str | None = field(default=None, metadata={"help": (
         "for an image folder (required there): torchvision ResNet-101 weights file, a checkpoint folder, a Hub id "
         "(timm/resnet101.tv_in1k: torchvision's ImageNet weights; microsoft/resnet-101), or 'random' (tests only)")})
+    image_options: list[str] = field(default_factory=list, metadata={"help": (
+        "for an image-folder --dataset: extraction and split settings as key=value, e.g. crop_size=224 resize_size=256 "
+        "test_seen_fraction=0.2 splits_file=F attribute_vectors_file=F batch_size=32 num_workers=4 device=cuda "
+        "autocast=bf16 (modeling_scegg.data.images.IMAGE_OPTIONS)")})
     attribute_encoder: str = field(default=DEFAULT_ATTRIBUTE_ENCODER, metadata={"help": (
         "sentence encoder (Hub id or folder) that embeds the attribute names of a dataset without attribute word vectors")})
     clip_negative_attributes: bool = field(default=False, metadata={"help": "clip the few negative AWA2 attribute values to 0"})
@@ -140,6 +145,9 @@ class SCEGGTrainingArguments:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME")
+        if self.image_options and self.class_attributes_file is None:
+            raise ValueError("--image_options applies to an image-folder --dataset (with --class_attributes_file)")
+        parse_image_options(self.image_options)  # refused here, before any work, with what each option takes
 
     def preset(self) -> dict[str, Any]:
         """The `--config` preset, else the built-in one of the dataset (if any)."""

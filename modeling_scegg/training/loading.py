@@ -9,6 +9,7 @@ from accelerate.utils import parse_flag_from_env
 
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset, load_zsl_dataset
+from ..data.images import parse_image_options
 from ..data.synthetic import SyntheticConfig
 from .arguments import SCEGGTrainingArguments, parse_key_values
 from .common import silence_noisy_loggers
@@ -36,6 +37,7 @@ def _load_zsl_data(args: SCEGGTrainingArguments) -> ZSLDataset:
     return load_zsl_dataset(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                             clip_negative_attributes=args.clip_negative_attributes, revision=args.dataset_revision,
                             class_attributes_file=args.class_attributes_file, image_backbone=args.image_backbone,
+                            image_options=parse_image_options(args.image_options),
                             attribute_encoder=args.attribute_encoder, **extra)
 
 

@@ -66,6 +66,7 @@ def run_results(args: SCEGGTrainingArguments, data: ZSLDataset, progress: Progre
 def write_outputs(ctx: RunContext, data: ZSLDataset, cache: FeatureCache, results: Scores) -> None:
     """Final model folder with results.json and card, plots (and push) in `output_dir` (main
     process only)."""
+    from ..data.images import image_options_processor, parse_image_options
     from ..export import attach_backbone, save_model
     from ..hub import push_model
     from ..reporting import write_plots
@@ -73,8 +74,9 @@ def write_outputs(ctx: RunContext, data: ZSLDataset, cache: FeatureCache, result
     out = Path(ctx.args.output_dir)
     # pictures in: an image folder's extraction backbone travels with the model, with its image processor
     image_folder = ctx.args.class_attributes_file is not None
-    save_model(attach_backbone(ctx.model, ctx.args.image_backbone) if image_folder else ctx.model, out,
-               results={**results, "feature_extractor": _feature_extractor(data)})
+    processor = image_options_processor(parse_image_options(ctx.args.image_options)) if image_folder else None
+    save_model(attach_backbone(ctx.model, ctx.args.image_backbone, processor) if image_folder else ctx.model, out,
+               processor, results={**results, "feature_extractor": _feature_extractor(data)})
     if ctx.args.plots:
         dense = {split: (cache.splits()[split].features, cache.splits()[split].labels)
                  for split in ("test_seen", "test_unseen")}
