@@ -51,8 +51,9 @@ SETTINGS = {
     "package": {},
 }
 CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OMP_PROC_BIND")
-TRAIN_FLAGS = ["--stage1_iters", "100", "--stage2_iters", "50", "--stage3_epochs", "1", "--classifier_epochs", "3",
+TRAIN_FLAGS = ["--stage1_iters", "60", "--stage2_iters", "30", "--stage3_epochs", "1", "--classifier_epochs", "2",
                "--plots", "false", "--log_with", "none", "--calibration", "none", "--seed", "0"]
+SHORTEST = ["--stage1_iters", "1", "--stage2_iters", "1", "--classifier_epochs", "1"]  # the untimed first run
 
 
 def cpu_name() -> str:
@@ -67,10 +68,10 @@ def child_env(setting: str) -> dict[str, str]:
     return {**env, **SETTINGS[setting], "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 
-def run_train(root: Path, env: dict[str, str]) -> float:
+def run_train(root: Path, env: dict[str, str], flags: tuple[str, ...] = ()) -> float:
     """Seconds of the stages of a short training run (results.json), start-up excluded."""
     out = root / "train-out"
-    command = [sys.executable, "-m", "modeling_scegg.cli", "train", *TRAIN_FLAGS, "--output_dir", str(out),
+    command = [sys.executable, "-m", "modeling_scegg.cli", "train", *TRAIN_FLAGS, *flags, "--output_dir", str(out),
                "--cache_dir", str(root / "cache")]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = json.loads((out / "results.json").read_text())["stage_seconds"]
@@ -121,7 +122,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["default", "passive", "spin1e4", "threads1", "package"],
                         choices=sorted(SETTINGS))
     parser.add_argument("--workloads", nargs="+", default=["train", "extract"], choices=["train", "extract"])
-    parser.add_argument("--images", type=int, default=32, help="pictures extracted per run")
+    parser.add_argument("--images", type=int, default=16, help="pictures extracted per run")
     args = parser.parse_args()
     print(f"machine: {cpu_name()}, {CORES} cores available, {os.cpu_count()} online; "
           f"{args.rounds} rounds; settings: " + "; ".join(f"{s} {SETTINGS[s] or '(nothing set)'}" for s in args.settings))
@@ -131,7 +132,7 @@ def main() -> None:
         workloads = {"train": lambda env: run_train(root, env),
                      "extract": lambda env: run_extract(root, env, data_dir, image_dir)}
         if "train" in args.workloads:
-            workloads["train"](child_env("default"))  # converts the synthetic data into the cache, untimed
+            run_train(root, child_env("threads1"), tuple(SHORTEST))  # converts the synthetic data into the cache
         results: dict[str, dict] = {name: {} for name in args.workloads}
         for round_index in range(args.rounds):
             shift = round_index % len(args.settings)

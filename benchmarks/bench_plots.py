@@ -6,17 +6,19 @@ test images), a model sized from it (random weights: the work does not depend on
 dense features g of the test splits as a training run hands them to ``write_plots``. Then times,
 in one process:
 
-* **reference t-SNE**: the embedding as the plot computed it before (every real / synthetic group
-  of a class capped at 100 points, sklearn's Barnes-Hut t-SNE with PCA init on the full-width
-  features, 1000 iterations, one thread), on the same inputs;
-* **plot_tsne**: the package's t-SNE plot as it is now (embedding and drawing);
+* **t-SNE plot before**: the embedding as the plot computed it before (every real / synthetic
+  group of a class capped at 100 points, sklearn's Barnes-Hut t-SNE with PCA init on the
+  full-width features, 1000 iterations, one thread), drawn by today's code;
+* **t-SNE plot now**: ``plot_tsne`` as it is now (embedding and drawing), on the same inputs:
+  real test features and 100 synthetic ones per unseen class around shared class centres, the
+  test splits' counts per class (a random model's g has no class structure worth looking at);
 * **write_plots**: every PNG a run writes (training curves, t-SNE, per-class accuracy, attention);
 * **save_model**: the model folder with its card.
 
     python benchmarks/bench_plots.py [--images 6013] [--feature_dim 512] [--output_dir DIR]
 
-``--output_dir`` keeps the PNGs (both t-SNE pictures: ``tsne_reference.png`` from the reference
-embedding drawn by the same code) for looking at them side by side.
+``--output_dir`` keeps the PNGs (both t-SNE pictures:
+``tsne_before.png``, ``tsne_now.png``) to look at side by side.
 """
 from __future__ import annotations
 
@@ -66,29 +68,33 @@ def load(args, cache: Path):
     return model, data, dense
 
 
-def reference_tsne(model, data, dense, path: Path) -> float:
-    """The previous embedding (see the module docstring), drawn by today's code; returns its seconds."""
-    start = time.perf_counter()
-    real = torch.cat([dense["test_seen"][0], dense["test_unseen"][0]]).numpy()
+def clustered_features(model, dense, dim: int) -> tuple[np.ndarray, ...]:
+    """Real test features and 100 synthetic ones per unseen class around shared class centres:
+    the picture a working generator gives (the random model's own g has no class structure to
+    look at). Same counts per class as the test splits."""
+    rng = np.random.default_rng(0)
     labels = torch.cat([dense["test_seen"][1], dense["test_unseen"][1]]).numpy()
-    syn_x, syn_y = model.synthesize(model.config.unseen_class_ids, SYNTHETIC_PER_CLASS,
-                                    generator=torch.Generator().manual_seed(0))
-    features = np.concatenate([real, syn_x.numpy()]).astype(np.float32)
-    labels = np.concatenate([labels, syn_y.numpy()])
+    centres = rng.normal(scale=1.5, size=(model.config.num_classes, dim))
+    real = centres[labels] + rng.normal(size=(labels.size, dim))
+    syn_y = np.repeat(model.config.unseen_class_ids, SYNTHETIC_PER_CLASS)
+    synthetic = centres[syn_y] + 0.3 + 0.8 * rng.normal(size=(syn_y.size, dim))
+    return real.astype(np.float32), labels, synthetic.astype(np.float32), syn_y
+
+
+def reference_tsne(real, labels, synthetic, syn_y, unseen, class_names, path: Path) -> None:
+    """The previous plot's embedding (see the module docstring), drawn by today's code."""
+    features = np.concatenate([real, synthetic])
+    labels = np.concatenate([labels, syn_y])
     is_synthetic = np.arange(len(labels)) >= len(real)
     keep = _subsample_per_group(labels * 2 + is_synthetic, 100, np.random.default_rng(0))
     tsne = TSNE(n_components=2, perplexity=30.0, init="pca", learning_rate="auto", random_state=0)
     with threadpool_limits(limits=1):
         xy = tsne.fit_transform(features[keep])
-    seconds = time.perf_counter() - start
     fig = _new_figure(9.0, 6.5)
     ax = fig.add_subplot()
-    _draw_tsne_points(ax, xy, labels[keep], is_synthetic[keep], set(model.config.unseen_class_ids),
-                      list(data.semantics.class_names))
-    ax.set_title(f"reference: {len(keep)} points, 1000 iterations, full width")
+    _draw_tsne_points(ax, xy, labels[keep], is_synthetic[keep], set(unseen), class_names)
+    ax.set_title(f"before: {len(keep)} points, 1000 iterations on all {features.shape[1]} dimensions")
     _save_atomic(fig, path)
-    print(f"reference t-SNE: {len(keep)} points of width {features.shape[1]}")
-    return seconds
 
 
 def timed(label: str, work) -> float:
@@ -112,16 +118,10 @@ def main() -> None:
         print(f"layout: R=49 D={data.feature_dim} A=312 C=200 (unseen 50), {tests} test images; "
               f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
         history = {f"stage{s}/loss": [(i, float(np.exp(-i / 500))) for i in range(0, 2000, 10)] for s in (1, 2, 3)}
-        unseen_real, unseen_labels = dense["test_unseen"]
-        syn_x, syn_y = model.synthesize(model.config.unseen_class_ids, SYNTHETIC_PER_CLASS,
-                                        generator=torch.Generator().manual_seed(0))
-        reference = timed("reference t-SNE (before)", lambda: reference_tsne(model, data, dense,
-                                                                            out / "tsne_reference.png"))
-        real = torch.cat([dense["test_seen"][0], unseen_real]).numpy()
-        labels = torch.cat([dense["test_seen"][1], unseen_labels]).numpy()
-        ours = timed("plot_tsne (now)", lambda: plot_tsne(real, labels, syn_x.numpy(), syn_y.numpy(),
-                                                          data.semantics.class_names, model.config.unseen_class_ids,
-                                                          out / "tsne_now.png"))
+        tsne_inputs = (*clustered_features(model, dense, data.feature_dim), model.config.unseen_class_ids,
+                       list(data.semantics.class_names))
+        reference = timed("t-SNE plot before", lambda: reference_tsne(*tsne_inputs, out / "tsne_before.png"))
+        ours = timed("t-SNE plot now (plot_tsne)", lambda: plot_tsne(*tsne_inputs, out / "tsne_now.png"))
         plots = timed("write_plots (every PNG)", lambda: write_plots(model, data, out / "plots", history=history,
                                                                      dense=dense, seed=0))
         saving = timed("save_model (folder, card)", lambda: save_model(model, out / "model", results={"dataset": "x"}))
