@@ -51,9 +51,10 @@ SETTINGS = {
     "package": {},
 }
 CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OMP_PROC_BIND")
-TRAIN_FLAGS = ["--stage1_iters", "60", "--stage2_iters", "30", "--stage3_epochs", "1", "--classifier_epochs", "2",
-               "--plots", "false", "--log_with", "none", "--calibration", "none", "--seed", "0"]
-SHORTEST = ["--stage1_iters", "1", "--stage2_iters", "1", "--classifier_epochs", "1"]  # the untimed first run
+TRAIN_FLAGS = ["--synthetic_overrides", "split_sizes=[640,200,200]", "--stage1_iters", "40", "--stage2_iters", "20",
+               "--stage3_epochs", "1", "--classifier_epochs", "1", "--plots", "false", "--log_with", "none",
+               "--calibration", "none", "--seed", "0"]
+SHORTEST = ["--stage1_iters", "1", "--stage2_iters", "1"]  # the untimed first run
 
 
 def cpu_name() -> str:
@@ -103,17 +104,21 @@ def measure(workload, setting: str, busy: bool) -> tuple[float, float]:
             spinner.wait()
 
 
-def print_table(name: str, results: dict, settings: list[str]) -> None:
-    print(f"\n{name}: median seconds (load average before each run, min-max)")
-    print(f"{'setting':<10}{'quiet s':>9}{'busy s':>9}{'busy/quiet':>12}{'quiet/default quiet':>21}  load avg")
-    base = statistics.median(s for s, _ in results[("default", False)]) if ("default", False) in results else None
+def print_table(name: str, results: dict, settings: list[str], conditions: list[bool]) -> None:
+    print(f"\n{name}: median seconds (1-minute load average before the runs, min-max)")
+    columns = ["quiet s"] * (False in conditions) + ["busy s"] * (True in conditions)
+    ratios = ["busy/quiet"] * (len(conditions) == 2)
+    print(f"{'setting':<10}" + "".join(f"{c:>9}" for c in columns) + "".join(f"{c:>12}" for c in ratios)
+          + f"{'/ default':>11}  load avg")
+    median = {key: statistics.median(s for s, _ in runs) for key, runs in results.items()}
+    first = conditions[0]
     for setting in settings:
-        quiet = statistics.median(s for s, _ in results[(setting, False)])
-        busy = statistics.median(s for s, _ in results[(setting, True)])
-        loads = [load for busy_flag in (False, True) for _, load in results[(setting, busy_flag)]]
-        relative = f"{quiet / base:>21.2f}" if base else f"{'':>21}"
-        print(f"{setting:<10}{quiet:>9.1f}{busy:>9.1f}{busy / quiet:>12.2f}{relative}  "
-              f"{min(loads):.1f}-{max(loads):.1f}")
+        cells = "".join(f"{median[(setting, busy)]:>9.1f}" for busy in sorted(set(conditions)))
+        if ratios:
+            cells += f"{median[(setting, True)] / median[(setting, False)]:>12.2f}"
+        relative = median[(setting, first)] / median[("default", first)] if ("default", first) in median else float("nan")
+        loads = [load for busy in conditions for _, load in results[(setting, busy)]]
+        print(f"{setting:<10}{cells}{relative:>11.2f}  {min(loads):.1f}-{max(loads):.1f}")
 
 
 def main() -> None:
@@ -123,6 +128,8 @@ def main() -> None:
                         choices=sorted(SETTINGS))
     parser.add_argument("--workloads", nargs="+", default=["train", "extract"], choices=["train", "extract"])
     parser.add_argument("--images", type=int, default=16, help="pictures extracted per run")
+    parser.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
+                        help="quiet: no process of ours beside the run; busy: one spinning process beside it")
     args = parser.parse_args()
     print(f"machine: {cpu_name()}, {CORES} cores available, {os.cpu_count()} online; "
           f"{args.rounds} rounds; settings: " + "; ".join(f"{s} {SETTINGS[s] or '(nothing set)'}" for s in args.settings))
@@ -138,13 +145,14 @@ def main() -> None:
             shift = round_index % len(args.settings)
             for name in args.workloads:
                 for setting in args.settings[shift:] + args.settings[:shift]:
-                    for busy in ((False, True) if round_index % 2 == 0 else (True, False)):
+                    conditions = [c == "busy" for c in args.conditions]
+                    for busy in (conditions if round_index % 2 == 0 else conditions[::-1]):
                         seconds, load = measure(workloads[name], setting, busy)
                         results[name].setdefault((setting, busy), []).append((seconds, load))
                         print(f"round {round_index} {name:<8}{setting:<10}{'busy' if busy else 'quiet':<6}"
                               f"{seconds:8.1f} s  load {load:.1f}", flush=True)
     for name in args.workloads:
-        print_table(name, results[name], args.settings)
+        print_table(name, results[name], args.settings, [c == "busy" for c in args.conditions])
 
 
 if __name__ == "__main__":

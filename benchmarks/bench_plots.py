@@ -81,7 +81,7 @@ def clustered_features(model, dense, dim: int) -> tuple[np.ndarray, ...]:
     return real.astype(np.float32), labels, synthetic.astype(np.float32), syn_y
 
 
-def reference_tsne(real, labels, synthetic, syn_y, unseen, class_names, path: Path) -> None:
+def reference_tsne(real, labels, synthetic, syn_y, class_names, unseen, path: Path) -> None:
     """The previous plot's embedding (see the module docstring), drawn by today's code."""
     features = np.concatenate([real, synthetic])
     labels = np.concatenate([labels, syn_y])
@@ -118,8 +118,8 @@ def main() -> None:
         print(f"layout: R=49 D={data.feature_dim} A=312 C=200 (unseen 50), {tests} test images; "
               f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
         history = {f"stage{s}/loss": [(i, float(np.exp(-i / 500))) for i in range(0, 2000, 10)] for s in (1, 2, 3)}
-        tsne_inputs = (*clustered_features(model, dense, data.feature_dim), model.config.unseen_class_ids,
-                       list(data.semantics.class_names))
+        tsne_inputs = (*clustered_features(model, dense, data.feature_dim), list(data.semantics.class_names),
+                       model.config.unseen_class_ids)
         reference = timed("t-SNE plot before", lambda: reference_tsne(*tsne_inputs, out / "tsne_before.png"))
         ours = timed("t-SNE plot now (plot_tsne)", lambda: plot_tsne(*tsne_inputs, out / "tsne_now.png"))
         plots = timed("write_plots (every PNG)", lambda: write_plots(model, data, out / "plots", history=history,
