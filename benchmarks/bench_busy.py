@@ -7,7 +7,8 @@ script measures how each setting trades the quiet speed against the busy slow-do
 
 * the two workloads, each in its own process through the real entry point
   (``python -m modeling_scegg.cli``), so that libgomp reads the setting when torch loads:
-  ``train``, a short training run on the built-in synthetic data, and ``extract``,
+  ``train``, a short training run on the built-in synthetic data (its networks and batches,
+  1040 images; 40 / 20 stage-1 / stage-2 steps, one stage-3 and one classifier epoch), and ``extract``,
   ``scegg extract`` of generated CUB-style pictures (500 x 375 px JPEGs, crop 224) with a random
   ResNet-101 (speed does not depend on the weights);
 * ``quiet``: nothing else started; ``busy``: next to one ``python -c "while True: pass"`` that
@@ -21,6 +22,7 @@ from the ``extracting ...`` log line to the end for extraction (imports and buil
 are the same in every setting).
 
     python benchmarks/bench_busy.py [--rounds 2] [--settings default passive spin1e4 threads1 package]
+    python benchmarks/bench_busy.py --conditions quiet   # a machine other jobs already keep busy
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ in one process:
 * **t-SNE plot now**: ``plot_tsne`` as it is now (embedding and drawing), on the same inputs:
   real test features and 100 synthetic ones per unseen class around shared class centres, the
   test splits' counts per class (a random model's g has no class structure worth looking at);
+* **synthesize**: the generator's features for the plot, 100 per unseen class before, now
+  ``reporting.SYNTHETIC_PER_CLASS``;
 * **write_plots**: every PNG a run writes (training curves, t-SNE, per-class accuracy, attention);
 * **save_model**: the model folder with its card.
 
@@ -42,6 +44,7 @@ from modeling_scegg.training import load_data, parse_training_args
 from modeling_scegg.visualization import _draw_tsne_points, _new_figure, _save_atomic, _subsample_per_group, plot_tsne
 
 CUB_SPLITS = np.array([7057, 1764, 2967])  # trainval / test_seen / test_unseen images of CUB
+BEFORE_SYNTHETIC_PER_CLASS = 100  # what write_plots synthesised per unseen class for the t-SNE before
 
 
 def load(args, cache: Path):
@@ -76,7 +79,7 @@ def clustered_features(model, dense, dim: int) -> tuple[np.ndarray, ...]:
     labels = torch.cat([dense["test_seen"][1], dense["test_unseen"][1]]).numpy()
     centres = rng.normal(scale=1.5, size=(model.config.num_classes, dim))
     real = centres[labels] + rng.normal(size=(labels.size, dim))
-    syn_y = np.repeat(model.config.unseen_class_ids, SYNTHETIC_PER_CLASS)
+    syn_y = np.repeat(model.config.unseen_class_ids, BEFORE_SYNTHETIC_PER_CLASS)
     synthetic = centres[syn_y] + 0.3 + 0.8 * rng.normal(size=(syn_y.size, dim))
     return real.astype(np.float32), labels, synthetic.astype(np.float32), syn_y
 
@@ -122,6 +125,10 @@ def main() -> None:
                        model.config.unseen_class_ids)
         reference = timed("t-SNE plot before", lambda: reference_tsne(*tsne_inputs, out / "tsne_before.png"))
         ours = timed("t-SNE plot now (plot_tsne)", lambda: plot_tsne(*tsne_inputs, out / "tsne_now.png"))
+        for label, count in (("before", BEFORE_SYNTHETIC_PER_CLASS), ("now", SYNTHETIC_PER_CLASS)):
+            generator = torch.Generator().manual_seed(0)
+            timed(f"synthesize {count} / class ({label})",
+                  lambda: model.synthesize(model.config.unseen_class_ids, count, generator=generator))  # noqa: B023
         plots = timed("write_plots (every PNG)", lambda: write_plots(model, data, out / "plots", history=history,
                                                                      dense=dense, seed=0))
         saving = timed("save_model (folder, card)", lambda: save_model(model, out / "model", results={"dataset": "x"}))
