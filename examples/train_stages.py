@@ -11,8 +11,12 @@ killed run where it stopped.
 """
 import sys
 
-from modeling_scegg.cli import configure_logging, format_results
-from modeling_scegg.training import (
+from modeling_scegg.openmp import configure_openmp
+
+configure_openmp()  # before the imports below load torch: libgomp reads its settings once
+
+from modeling_scegg.cli import configure_logging, format_results  # noqa: E402
+from modeling_scegg.training import (  # noqa: E402
     choose_on_validation,
     finish_run,
     load_data,

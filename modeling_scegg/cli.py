@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import EXIT_ERROR, EXIT_OK, UserError
+from .openmp import configure_openmp
 from .presets import shipped_presets
 
 
@@ -397,6 +398,7 @@ def run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`scegg ...`: the command's exit status; a user's mistake prints its cause and remedy and
     exits 2, anything else that stops a run exits 2 too, with the traceback under --verbose."""
+    configure_openmp()  # before any subcommand imports torch (libgomp reads it once)
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose, _ = scegg_verbose(argv)
     try:

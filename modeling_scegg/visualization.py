@@ -33,6 +33,7 @@ try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 except ImportError as error:
@@ -45,6 +46,9 @@ _MAX_LEGEND_CLASSES = 15
 _MAX_TITLE_CHARS = 32
 _MAX_BAR_LABELS = 60
 _DPI = 100
+TSNE_MAX_POINTS = 3000  # a few seconds of t-SNE on one core
+TSNE_PCA_COMPONENTS = 50
+TSNE_ITERATIONS = 500
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,13 +115,21 @@ def _as_labels(name: str, value: Sequence[int] | np.ndarray, length: int, num_cl
 # --------------------------------------------------------------------------------------------
 # t-SNE (Fig. 4)
 # --------------------------------------------------------------------------------------------
-def _subsample_per_group(groups: np.ndarray, max_per_group: int, rng: np.random.Generator) -> np.ndarray:
-    """Cap every group at `max_per_group` points so t-SNE stays fast and no class swamps the plot."""
+def _subsample_per_group(groups: np.ndarray, max_per_group: int, rng: np.random.Generator,
+                         max_total: int | None = None) -> np.ndarray:
+    """Cap every group at `max_per_group` points, lowered until all groups together hold at most
+    `max_total` (small groups stay whole): t-SNE's time grows with the points, and no class may
+    swamp the plot."""
+    names, sizes = np.unique(groups, return_counts=True)
+    cap = max_per_group
+    if max_total is not None:
+        while cap > 1 and np.minimum(sizes, cap).sum() > max_total:
+            cap -= 1
     keep = []
-    for group in np.unique(groups):
+    for group in names:
         members = np.flatnonzero(groups == group)
-        if members.size > max_per_group:
-            members = np.sort(rng.choice(members, size=max_per_group, replace=False))
+        if members.size > cap:
+            members = np.sort(rng.choice(members, size=cap, replace=False))
         keep.append(members)
     return np.concatenate(keep) if keep else np.empty(0, dtype=np.int64)
 
@@ -136,14 +148,22 @@ def _unseen_palette(num: int) -> list:
 def _embed_2d(features: np.ndarray, seed: int) -> np.ndarray:
     """t-SNE with a perplexity that is valid for small samples (it must stay below N).
 
+    The features are first projected on their top 50 principal components (sklearn's advice for
+    dense data: the neighbour search then works on 50 numbers per point instead of D, and the
+    discarded directions are mostly noise), and the optimisation stops after 500 iterations
+    (250 exaggerated, 250 free), where sklearn's default runs 1000: past that the map of a few
+    thousand points no longer changes in a way the eye sees (benchmarks/bench_plots.py draws both).
     Runs on one OpenMP thread: for the few thousand points this plot is meant for, t-SNE's
     threads mostly spin-wait when anything else (data loaders, another job) holds the cores;
     measured on a busy 2-core machine, 300 points took 22 s with all threads and 1.8 s with one.
     """
     perplexity = min(30.0, max(1.0, (features.shape[0] - 1) / 3.0))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
+    components = min(TSNE_PCA_COMPONENTS, *features.shape)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+                max_iter=TSNE_ITERATIONS)
     with threadpool_limits(limits=1):
-        return tsne.fit_transform(features.astype(np.float32, copy=False))
+        reduced = PCA(n_components=components, random_state=seed).fit_transform(features.astype(np.float32, copy=False))
+        return tsne.fit_transform(reduced)
 
 
 def plot_tsne(
@@ -156,6 +176,7 @@ def plot_tsne(
     path: str | os.PathLike,
     *,
     max_points_per_class: int = 100,
+    max_points: int = TSNE_MAX_POINTS,
     seed: int = 0,
     title: str | None = None,
 ) -> Path:
@@ -164,7 +185,8 @@ def plot_tsne(
     Real and synthetic features are embedded together (separate embeddings would not share
     coordinates). Dots are real, crosses synthetic; unseen classes get a colour each (a class
     legend is drawn for at most 15 of them), seen classes are grey. Each (real/synthetic, class)
-    group is subsampled to `max_points_per_class` with `seed`, which also fixes the t-SNE.
+    group is subsampled to `max_points_per_class` with `seed`, which also fixes the t-SNE, and to
+    fewer (the same cap for every group) where all groups would hold more than `max_points`.
     Labels are class ids indexing `class_names`. Returns the PNG path.
     """
     real = _as_2d("real_features", real_features, "(N, D)")
@@ -178,8 +200,8 @@ def plot_tsne(
     real_y = _as_labels("real_labels", real_labels, real.shape[0], num_classes, "real_features")
     synth_y = _as_labels("synthetic_labels", synthetic_labels, synthetic.shape[0], num_classes, "synthetic_features")
     unseen = _as_labels("unseen_class_ids", unseen_class_ids, len(unseen_class_ids), num_classes, "unseen_class_ids")
-    if max_points_per_class < 1:
-        raise ValueError(f"max_points_per_class must be >= 1, got {max_points_per_class}")
+    if max_points_per_class < 1 or max_points < 1:
+        raise ValueError(f"max_points_per_class and max_points must be >= 1, got {max_points_per_class}, {max_points}")
     if real.shape[1] < 2:
         raise ValueError(f"features need D >= 2 dimensions for a 2-D embedding, got D = {real.shape[1]}")
 
@@ -187,7 +209,7 @@ def plot_tsne(
     labels = np.concatenate([real_y, synth_y])
     is_synthetic = np.concatenate([np.zeros(len(real_y), bool), np.ones(len(synth_y), bool)])
     rng = np.random.default_rng(seed)
-    keep = _subsample_per_group(labels * 2 + is_synthetic, max_points_per_class, rng)
+    keep = _subsample_per_group(labels * 2 + is_synthetic, max_points_per_class, rng, max_points)
     if keep.size < 3:
         raise ValueError(f"t-SNE needs at least 3 points in total, got {keep.size}")
     if not np.all(np.isfinite(features[keep])):

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from modeling_scegg.visualization import (
+    _subsample_per_group,
     plot_attention_maps,
     plot_per_class_accuracy,
     plot_training_curves,
@@ -49,6 +50,21 @@ def test_tsne_subsamples_and_is_reproducible(features, tmp_path):
     first = plot_tsne(*features, tmp_path / "a.png", max_points_per_class=4, seed=3)
     second = plot_tsne(*features, tmp_path / "b.png", max_points_per_class=4, seed=3)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_tsne_point_budget_caps_every_group_alike():
+    """The largest common cap that fits the budget; groups smaller than it stay whole."""
+    groups = np.repeat([0, 1, 2], [5, 50, 50])
+    keep = _subsample_per_group(groups, 100, np.random.default_rng(0), max_total=40)
+    assert np.bincount(groups[keep]).tolist() == [5, 17, 17]  # a cap of 18 would keep 41
+    assert len(set(keep.tolist())) == keep.size
+    assert np.bincount(groups[_subsample_per_group(groups, 10, np.random.default_rng(0))]).tolist() == [5, 10, 10]
+
+
+def test_tsne_with_a_point_budget(features, tmp_path):
+    assert_png(plot_tsne(*features, tmp_path / "budget.png", max_points=20))
+    with pytest.raises(ValueError, match="max_points_per_class and max_points must be >= 1"):
+        plot_tsne(*features, tmp_path / "none.png", max_points=0)
 
 
 def test_tsne_rejects_length_mismatches(features, tmp_path):
