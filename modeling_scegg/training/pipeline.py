@@ -36,7 +36,7 @@ from .classifiers import (
 from .common import RunContext, silence_noisy_loggers
 from .preset_choice import choose_preset, resolve_preset_choice
 from .run_lock import run_identity, run_locked
-from .selection import has_validation_split, protocol_description, validation_view
+from .selection import has_validation_split, protocol_description, validation_view, view_arguments
 from .stage1 import compute_dense_features, train_stage1
 from .stage2 import regression_fidelity, train_stage2
 from .stage3 import train_stage3
@@ -227,8 +227,7 @@ def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset, folder
     with `--stage3_eval_every`, the stage-3 epoch count (best GZSL H); with `--calibration
     validation` the seen-score offset that is best for the chosen GZSL epoch (H is then the
     calibrated H)."""
-    view_args = dataclasses.replace(args, output_dir=str(folder or Path(args.output_dir) / "validation"),
-                                    published_protocol="off", push_to_hub=False, plots=False)
+    view_args = view_arguments(args, folder or Path(args.output_dir) / "validation")
     view = validation_view(data, args.seed)
     _, progress = train_and_evaluate(view_args, view, view=True)
     calibrated, selects = args.calibration == "validation", args.selection == "validation"
