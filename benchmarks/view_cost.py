@@ -12,7 +12,7 @@ run) and their share of the real run's seconds, the chosen preset, the chosen of
 validation H (calibrated) and the test H of the real run calibrated with that offset. The test
 splits are only read to score the real run with the offset each view chose.
 
-`--matched_share` also runs, for the chosen preset at the smallest share, a view whose
+`--matched_share` also runs, for the chosen preset at the last listed schedule, a view whose
 pseudo-unseen classes are a random subset of the val classes sized so that their share of the
 view's classes equals the real unseen share (AWA2: 7 of 13 val classes against 27 train_sub
 classes, as 10 unseen against 40 seen); the other val classes are left out of that view
@@ -94,11 +94,17 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
-def choose(run_args, data: ZSLDataset, share: float, folder: Path) -> dict:
-    """The default run's choices on validation with `share` of the schedule in the view."""
+def view_flags(variant: str) -> dict:
+    """`--shares` entries: a share of every stage ("0.25"), or of stages 2-3 only ("0.25+stage1")."""
+    share, _, whole = variant.partition("+")
+    return {"view_schedule": float(share), "view_shortens": "after_stage1" if whole == "stage1" else "all"}
+
+
+def choose(run_args, data: ZSLDataset, variant: str, folder: Path) -> dict:
+    """The default run's choices on validation with the view schedule `variant`."""
     start = time.perf_counter()
-    _, selection = choose_on_validation(dataclasses.replace(run_args, view_schedule=share, output_dir=str(fresh(folder))),
-                                        data)
+    _, selection = choose_on_validation(dataclasses.replace(run_args, **view_flags(variant),
+                                                            output_dir=str(fresh(folder))), data)
     return {"seconds": time.perf_counter() - start, "preset": selection["preset_choice"]["chosen"],
             "offset": selection["calibration"]["seen_score_offset"],
             "validation_h": selection["validation_scores"]["gzsl_h"],
@@ -162,13 +168,13 @@ def matched_view(data: ZSLDataset, seed: int) -> ZSLDataset:
     return ZSLDataset(name=f"{data.name} (validation view, matched unseen share)", splits=splits, semantics=semantics)
 
 
-def matched_offset(run_args, preset: str, data: ZSLDataset, share: float, folder: Path) -> dict:
-    """The offset chosen on the matched-share view (`preset`, `share` of the schedule)."""
+def matched_offset(run_args, preset: str, data: ZSLDataset, variant: str, folder: Path) -> dict:
+    """The offset chosen on the matched-share view (`preset`, view schedule `variant`)."""
     view = matched_view(data, run_args.seed)
-    view_args = view_arguments(dataclasses.replace(preset_args(run_args, preset), view_schedule=share), fresh(folder))
+    view_args = view_arguments(dataclasses.replace(preset_args(run_args, preset), **view_flags(variant)), fresh(folder))
     _, progress = train_and_evaluate(view_args, view, view=True)
     best = best_epochs(progress["scores_by_epoch"][-1:], calibrated=True)
-    return {"offset": best["seen_score_offset"], "validation_h": best["gzsl_h"], "share": share,
+    return {"offset": best["seen_score_offset"], "validation_h": best["gzsl_h"], "share": variant,
             "classes": [len(view.semantics.seen_class_ids), len(view.semantics.unseen_class_ids)]}
 
 
@@ -197,17 +203,17 @@ def one_seed(args: argparse.Namespace, dataset: str, seed: int, saved: dict) -> 
     record = saved.setdefault(f"{dataset} seed {seed}", {"views": {}, "real": {}})
     run_args = parse_training_args(run_argv(args, dataset, layout_data(args, dataset), seed, folder))
     data = load_data(run_args)
-    for share in args.shares:
-        if str(share) not in record["views"]:
-            record["views"][str(share)] = choose(run_args, data, share, folder / f"view-{share}")
+    for variant in args.shares:
+        if variant not in record["views"]:
+            record["views"][variant] = choose(run_args, data, variant, folder / f"view-{variant}")
             write(args, saved)
     for preset in {view["preset"] for view in record["views"].values()} - set(record["real"]):
         record["real"][preset] = real_run(run_args, preset, data, folder / f"real-{preset}")
         write(args, saved)
-    reference = record["views"][str(args.shares[0])]["preset"]
+    reference = record["views"][args.shares[0]]["preset"]
     if args.matched_share and "matched" not in record:
         record["matched"] = {"preset": reference,
-                             **matched_offset(run_args, reference, data, min(args.shares), folder / "matched")}
+                             **matched_offset(run_args, reference, data, args.shares[-1], folder / "matched")}
     score_offsets(record, folder, args.test_selected_ceiling)
     write(args, saved)
     return record
@@ -251,11 +257,12 @@ def summary(args: argparse.Namespace, saved: dict) -> None:
     """Per layout and share: mean ± std of the offset and test H, preset agreement with the first share."""
     for dataset in args.datasets:
         records = [saved[f"{dataset} seed {s}"] for s in args.seeds if f"{dataset} seed {s}" in saved]
-        for share in map(str, args.shares):
-            views = [r["views"][share] for r in records if share in r["views"]]
-            same = sum(v["preset"] == r["views"][str(args.shares[0])]["preset"] for v, r in zip(views, records))
+        for share in args.shares:
+            kept = [r for r in records if share in r["views"]]
+            views = [r["views"][share] for r in kept]
+            same = sum(v["preset"] == r["views"][args.shares[0]]["preset"] for v, r in zip(views, kept))
             tests = [v["test"]["h"] for v in views if v.get("test")]
-            ratio = [v["seconds"] / r["real"][v["preset"]]["seconds"] for v, r in zip(views, records)]
+            ratio = [v["seconds"] / r["real"][v["preset"]]["seconds"] for v, r in zip(views, kept)]
             print(f"{dataset} share {share}: offset {_mean_std([v['offset'] for v in views])}, "
                   f"test H {_mean_std(tests)}, view / real {_mean_std(ratio)}, "
                   f"preset as share {args.shares[0]}: {same}/{len(views)}", flush=True)
@@ -271,8 +278,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--shares", type=float, nargs="+", default=[1.0, 0.25],
-                        help="--view_schedule values to compare; the first is the reference (1.0: the full view)")
+    parser.add_argument("--shares", nargs="+", default=["1.0", "0.25", "0.25+stage1"],
+                        help="view schedules to compare: a --view_schedule share of every stage (0.25), or of stages 2-3 "
+                             "with stage 1 whole (0.25+stage1, --view_shortens after_stage1); the first is the "
+                             "reference (1.0: the full view)")
     parser.add_argument("--metadata_dir", default=str(DEFAULT_METADATA))
     parser.add_argument("--output_dir", default="outputs/view_cost")
     parser.add_argument("--grid", type=int, default=2, help="regions per side of the synthetic feature map")

@@ -59,6 +59,11 @@ def test_view_arguments_keep_the_full_schedule_by_default_and_what_the_view_sele
                                      "--stage3_eval_every", "2", "--view_schedule", "0.5"])
     view = view_arguments(selecting, "v")
     assert (view.stage1_iters, view.stage3_epochs, view.classifier_epochs) == (4, 6, selecting.classifier_epochs)
+    # stage 1 whole, stages 2-3 shortened
+    whole = parse_training_args(["--stage1_iters", "8", "--stage2_iters", "8", "--stage3_epochs", "6",
+                                 "--view_schedule", "0.5", "--view_shortens", "after_stage1"])
+    view = view_arguments(whole, "v")
+    assert (view.stage1_iters, view.stage2_iters, view.stage3_epochs) == (8, 4, 3)
 
 
 @pytest.mark.parametrize("share", ["0", "1.5", "-0.25"])

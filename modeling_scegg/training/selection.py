@@ -22,7 +22,8 @@ HELD_OUT_FRACTION = 0.2
 
 def protocol_description(selection: dict, args) -> str:
     """What results.json and the card say about how the reported model was chosen."""
-    schedule = "" if args.view_schedule == 1 else f", trained for {args.view_schedule:.0%} of the run's stage 1-3 schedule"
+    stages = "1-3" if args.view_shortens == "all" else "2-3"
+    schedule = "" if args.view_schedule == 1 else f", trained for {args.view_schedule:.0%} of the run's stage {stages} schedule"
     view = (f"the validation view (val classes as pseudo-unseen, {HELD_OUT_FRACTION:.0%} of train_sub images per class "
             f"held out as seen{schedule})")
     chosen = []
@@ -43,7 +44,8 @@ def protocol_description(selection: dict, args) -> str:
 def view_arguments(args: SCEGGTrainingArguments, output_dir: str | Path) -> SCEGGTrainingArguments:
     """The arguments of the validation view's run, derived from the real run's: written to
     `output_dir`, no plots, no push, no test-selected protocol, and `--view_schedule` of the
-    run's stage-1 / stage-2 iterations and stage-3 epochs (rounded up, at least 1). What the view
+    run's stage-2 iterations and stage-3 epochs (rounded up, at least 1), and of its stage-1
+    iterations unless `--view_shortens after_stage1` keeps stage 1 whole. What the view
     chooses is on the real run's scale, so what it selects keeps the run's length: the classifier
     epochs (`--selection validation` picks among them) and, with `--stage3_eval_every`, the
     stage-3 epochs; syn_num and every learning rate stay, so the view's classifiers see the same
@@ -53,7 +55,8 @@ def view_arguments(args: SCEGGTrainingArguments, output_dir: str | Path) -> SCEG
 
     return dataclasses.replace(
         args, output_dir=str(output_dir), published_protocol="off", push_to_hub=False, plots=False,
-        stage1_iters=share(args.stage1_iters), stage2_iters=share(args.stage2_iters),
+        stage1_iters=share(args.stage1_iters) if args.view_shortens == "all" else args.stage1_iters,
+        stage2_iters=share(args.stage2_iters),
         stage3_epochs=args.stage3_epochs if args.stage3_eval_every else share(args.stage3_epochs))
 
 
