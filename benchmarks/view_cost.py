@@ -83,7 +83,7 @@ def run_argv(args: argparse.Namespace, dataset: str, data_dir: Path, seed: int, 
     return ["--dataset", dataset, "--data_dir", str(data_dir), "--cache_dir", str(Path(args.output_dir) / "cache"),
             "--output_dir", str(out), "--seed", str(seed), "--plots", "false", "--log_with", "none",
             "--stage1_iters", str(args.stage1_iters), "--stage2_iters", str(args.stage2_iters),
-            "--stage3_epochs", str(LAYOUTS[dataset][1]), "--classifier_epochs", str(args.classifier_epochs),
+            "--stage3_epochs", str(args.stage3_epochs or LAYOUTS[dataset][1]), "--classifier_epochs", str(args.classifier_epochs),
             "--syn_num", str(args.syn_num), "--model_overrides", *WIDTHS]
 
 
@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--render", nargs="*", default=[], help="SyntheticConfig fields as key=value")
     parser.add_argument("--stage1_iters", type=int, default=400)
     parser.add_argument("--stage2_iters", type=int, default=400)
+    parser.add_argument("--stage3_epochs", type=int, help="stage-3 epochs of the run (default: the layout's, LAYOUTS)")
     parser.add_argument("--classifier_epochs", type=int, default=10)
     parser.add_argument("--syn_num", type=int, default=200)
     parser.add_argument("--matched_share", action="store_true",
