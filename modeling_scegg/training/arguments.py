@@ -117,7 +117,7 @@ class SCEGGTrainingArguments:
         "schedule, lower is cheaper (benchmarks/README.md, \"A cheaper validation view\")")})
     view_shortens: Literal["all", "after_stage1"] = field(default="all", metadata={"help": (
         "what --view_schedule shortens: all (stage-1 and stage-2 iterations and stage-3 epochs) or after_stage1 (stage 2 "
-        "and 3 only; the view's stage 1 trains the run's iterations, where the preset candidates differ most)")})
+        "and 3 only; the view's stage 1 trains the run's iterations)")})
     preset_candidates: list[str] = field(default_factory=list, metadata={"help": (
         "preset names or files --preset_choice chooses among (default: the dataset's published and paper presets, e.g. "
         "awa2-published awa2-paper)")})
