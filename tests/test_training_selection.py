@@ -12,7 +12,7 @@ from modeling_scegg.data import SyntheticConfig, load_zsl_dataset
 from modeling_scegg.evaluation import evaluate_model
 from modeling_scegg.training import parse_training_args, run_pipeline
 from modeling_scegg.training.loading import load_data
-from modeling_scegg.training.selection import validation_view
+from modeling_scegg.training.selection import validation_view, view_arguments
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,41 @@ def test_a_view_needs_validation_classes(tmp_path):
     data = load_zsl_dataset("synthetic", cache_dir=tmp_path, synthetic_config=config)
     with pytest.raises(ValueError, match=r"--calibration or --preset_choice validation\) needs train_sub / val splits"):
         validation_view(data, seed=0)
+
+
+def test_view_arguments_shorten_the_view_schedule_only():
+    args = parse_training_args(["--stage1_iters", "1000", "--stage2_iters", "7", "--stage3_epochs", "10",
+                                "--classifier_epochs", "25", "--view_schedule", "0.25", "--published_protocol", "full",
+                                "--plots", "true", "--output_dir", "out"])
+    view = view_arguments(args, "out/validation")
+    assert (view.stage1_iters, view.stage2_iters, view.stage3_epochs) == (250, 2, 3)  # rounded up
+    assert view.output_dir == "out/validation" and args.output_dir == "out"
+    assert (view.published_protocol, view.plots, view.push_to_hub) == ("off", False, False)
+    # what decides the balance of the view's classifiers, and every learning rate, stays the run's
+    unchanged = ("classifier_epochs", "syn_num", "stage3_lr", "stage1_lr", "batch_size", "seed", "calibration")
+    assert all(getattr(view, name) == getattr(args, name) for name in unchanged)
+
+
+def test_view_arguments_keep_the_full_schedule_by_default_and_what_the_view_selects():
+    args = parse_training_args(["--stage1_iters", "9", "--stage3_epochs", "6"])
+    view = view_arguments(args, "v")
+    assert (view.stage1_iters, view.stage2_iters, view.stage3_epochs) == (9, args.stage2_iters, 6)
+    # a stage-3 epoch count chosen on the view must be on the real run's scale
+    selecting = parse_training_args(["--stage1_iters", "8", "--stage3_epochs", "6", "--selection", "validation",
+                                     "--stage3_eval_every", "2", "--view_schedule", "0.5"])
+    view = view_arguments(selecting, "v")
+    assert (view.stage1_iters, view.stage3_epochs, view.classifier_epochs) == (4, 6, selecting.classifier_epochs)
+    # stage 1 whole, stages 2-3 shortened
+    whole = parse_training_args(["--stage1_iters", "8", "--stage2_iters", "8", "--stage3_epochs", "6",
+                                 "--view_schedule", "0.5", "--view_shortens", "after_stage1"])
+    view = view_arguments(whole, "v")
+    assert (view.stage1_iters, view.stage2_iters, view.stage3_epochs) == (8, 4, 3)
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.25"])
+def test_view_schedule_is_a_share(share):
+    with pytest.raises(ValueError, match="--view_schedule"):
+        parse_training_args(["--view_schedule", share])
 
 
 def test_stage3_selection_needs_the_validation_protocol():
@@ -133,7 +168,7 @@ def test_preset_choice_trains_the_preset_with_the_best_validation_h(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(preset))
     candidates = [str(tmp_path / f"{name}.json") for name in presets]
     argv = tiny_argv(tmp_path / "out", tmp_path / "cache", "--plots", "false", "--calibration", "validation",
-                     "--preset_choice", "validation", "--preset_candidates", *candidates)
+                     "--preset_choice", "validation", "--preset_candidates", *candidates, "--view_schedule", "0.5")
     results = run_pipeline(parse_training_args(argv))
     choice = results["preset_choice"]
     scores = {name: choice["candidates"][name]["gzsl_h"] for name in candidates}
@@ -142,6 +177,10 @@ def test_preset_choice_trains_the_preset_with_the_best_validation_h(tmp_path):
     for name in presets:  # one view run per candidate, the test splits never read by them
         view = json.loads((tmp_path / "out" / "validation" / name / "results.json").read_text())
         assert view["dataset"] == "synthetic (validation view)"
+        # the view trains half the run's schedule (tiny_argv: 24 / 12 iterations, 3 stage-3 epochs)
+        assert [view["training_args"][k] for k in ("stage1_iters", "stage2_iters", "stage3_epochs")] == [12, 6, 2]
+    assert results["training_args"]["stage1_iters"] == 24 and choice["view_schedule"] == 0.5
+    assert "50% of the run's stage 1-3 schedule" in results["protocol"]
     chosen = Path(choice["chosen"]).stem
     model = SCEGGModel.from_pretrained(tmp_path / "out")
     assert model.config.classifier_input == chosen

@@ -116,6 +116,13 @@ class SCEGGTrainingArguments:
         "keep the one with the highest GZSL H there (calibrated with --calibration validation); the choice and every "
         "candidate's validation scores go to results.json and the card. auto: validation when no --config is given, the "
         "dataset has candidates and a validation view, else off (the preset as given)")})
+    view_schedule: float = field(default=1.0, metadata={"help": (
+        "share of the run's stage-1 / stage-2 iterations and stage-3 epochs that the validation view's run trains (it "
+        "chooses the calibration offset and the preset; classifier epochs and syn_num stay the run's): 1.0 is the full "
+        "schedule, lower is cheaper (benchmarks/README.md, \"A cheaper validation view\")")})
+    view_shortens: Literal["all", "after_stage1"] = field(default="all", metadata={"help": (
+        "what --view_schedule shortens: all (stage-1 and stage-2 iterations and stage-3 epochs) or after_stage1 (stage 2 "
+        "and 3 only; the view's stage 1 trains the run's iterations)")})
     preset_candidates: list[str] = field(default_factory=list, metadata={"help": (
         "preset names or files --preset_choice chooses among (default: the dataset's published and paper presets, e.g. "
         "awa2-published awa2-paper)")})
@@ -143,6 +150,8 @@ class SCEGGTrainingArguments:
         for name in ("batch_size", "syn_num", "critic_iters", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.view_schedule <= 1:
+            raise ValueError(f"--view_schedule must be in (0, 1], got {self.view_schedule}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME")
         if self.image_options and self.class_attributes_file is None:

@@ -15,7 +15,7 @@ from .loading import load_data
 from .preset_choice import choose_preset, resolve_preset_choice
 from .run_lock import run_locked
 from .runner import train_and_evaluate
-from .selection import choice_from_view, has_validation_split, validation_view
+from .selection import choice_from_view, has_validation_split, validation_view, view_arguments
 from .state import RunPlan, ValidationChoice
 
 logger = get_logger(__name__)
@@ -61,17 +61,10 @@ def choose_on_validation(args: SCEGGTrainingArguments,
     return dataclasses.replace(args, stage3_epochs=choice.stage3_epochs), choice
 
 
-def view_arguments(args: SCEGGTrainingArguments, folder: Path | None = None) -> SCEGGTrainingArguments:
-    """The arguments of the validation view's run, derived from the real run's: its own folder
-    (default `output_dir/validation`), nothing published, pushed or plotted."""
-    return dataclasses.replace(args, output_dir=str(folder or Path(args.output_dir) / "validation"),
-                               published_protocol="off", push_to_hub=False, plots=False)
-
-
 def _select_on_validation(args: SCEGGTrainingArguments, data: ZSLDataset, folder: Path | None = None) -> ValidationChoice:
     """Run everything on the validation view (in `folder`, default `output_dir/validation`) and
     read off what the real run uses (`choice_from_view`)."""
-    view_args = view_arguments(args, folder)
+    view_args = view_arguments(args, folder or Path(args.output_dir) / "validation")
     view = validation_view(data, args.seed)
     _, view_run = train_and_evaluate(view_args, view, plan=RunPlan.for_view(view_args))
     return choice_from_view(args, view, view_run.progress.scores)

@@ -72,7 +72,7 @@ def choose_preset(args: SCEGGTrainingArguments, data: ZSLDataset,
         scored[preset] = (candidate, score_view(candidate, data, root / Path(preset).stem))
         logger.info("preset %s: validation H %.2f", preset, scored[preset][1].validation_scores["gzsl_h"])
     chosen = max(scored, key=lambda name: scored[name][1].validation_scores["gzsl_h"])
-    record = {"mode": "validation", "chosen": chosen, "criterion": CRITERION,
+    record = {"mode": "validation", "chosen": chosen, "criterion": CRITERION, "view_schedule": args.view_schedule,
               "candidates": {name: {k: view.validation_scores[k] for k in _RECORDED if k in view.validation_scores}
                              for name, (_, view) in scored.items()}}
     logger.info("--preset_choice validation: training with %s", chosen)

@@ -10,6 +10,8 @@ looked at to choose.
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 
 import numpy as np
 from datasets import DatasetDict
@@ -24,8 +26,10 @@ HELD_OUT_FRACTION = 0.2
 
 def protocol_description(choice: ValidationChoice, args: SCEGGTrainingArguments) -> str:
     """What results.json and the card say about how the reported model was chosen."""
+    stages = "1-3" if args.view_shortens == "all" else "2-3"
+    schedule = "" if args.view_schedule == 1 else f", trained for {args.view_schedule:.0%} of the run's stage {stages} schedule"
     view = (f"the validation view (val classes as pseudo-unseen, {HELD_OUT_FRACTION:.0%} of train_sub images per class "
-            "held out as seen)")
+            f"held out as seen{schedule})")
     chosen = []
     if choice.preset_choice:
         chosen.append(f"the preset ({choice.preset_choice['chosen']}, among "
@@ -39,6 +43,25 @@ def protocol_description(choice: ValidationChoice, args: SCEGGTrainingArguments)
     if args.selection != "validation":
         fixed = "; every stage runs its fixed schedule and the last epoch is reported"
     return f"validation split: {' and '.join(chosen)} selected on {view}{fixed}; nothing is selected on test data"
+
+
+def view_arguments(args: SCEGGTrainingArguments, output_dir: str | Path) -> SCEGGTrainingArguments:
+    """The arguments of the validation view's run, derived from the real run's: written to
+    `output_dir`, no plots, no push, no test-selected protocol, and `--view_schedule` of the
+    run's stage-2 iterations and stage-3 epochs (rounded up, at least 1), and of its stage-1
+    iterations unless `--view_shortens after_stage1` keeps stage 1 whole. What the view
+    chooses is on the real run's scale, so what it selects keeps the run's length: the classifier
+    epochs (`--selection validation` picks among them) and, with `--stage3_eval_every`, the
+    stage-3 epochs; syn_num and every learning rate stay, so the view's classifiers see the same
+    balance of real seen and generated unseen rows as the run's."""
+    def share(count: int) -> int:
+        return max(1, math.ceil(args.view_schedule * count))
+
+    return dataclasses.replace(
+        args, output_dir=str(output_dir), published_protocol="off", push_to_hub=False, plots=False,
+        stage1_iters=share(args.stage1_iters) if args.view_shortens == "all" else args.stage1_iters,
+        stage2_iters=share(args.stage2_iters),
+        stage3_epochs=args.stage3_epochs if args.stage3_eval_every else share(args.stage3_epochs))
 
 
 def has_validation_split(data: ZSLDataset) -> bool:
