@@ -288,7 +288,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 5) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 5,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """GFLOP/s of a (size x size) @ (size x size) product, median of `repeats`."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -296,14 +300,15 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: in
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return mm(size, size, size) / statistics.median(times) / 1e9
 
 
-def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each unit, calls interleaved so load changes hit both alike."""
     for unit in units.values():
         unit()
@@ -311,10 +316,10 @@ def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torc
     times = {name: [] for name in units}
     for _ in range(repeats):
         for name, unit in units.items():
-            start = time.perf_counter()
+            start = clock()
             unit()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -513,8 +518,10 @@ def run_units(args) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size),
-             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=1 if device.type == "cpu" else 5)}
+    clock = CLOCKS[args.clock]
+    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size, clock=clock),
+             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=1 if device.type == "cpu" else 5,
+                                 clock=clock)}
     out = Path(tempfile.mkdtemp(prefix="bench-stages-run-"))
     try:
         ctx, data = build_context(args, layout, out)
@@ -526,14 +533,14 @@ def run_units(args) -> None:
         for stage in args.stages:
             flops = unit_flops(stage, ctx, data)
             units = UNITS[stage](ctx, data, reference)
-            seconds = time_pair(units, args.repeats, device)
+            seconds = time_pair(units, args.repeats, device, clock)
             for impl in seconds:  # the published code has no mixed precision: its products run in float32
                 dtype = {"no": "fp32"}.get(ctx.args.mixed_precision, ctx.args.mixed_precision) if impl == "ours" else "fp32"
                 row = Row(stage, impl, dtype, seconds[impl], flops[impl][0] / 1e9, flops[impl][1])
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
             if args.profile:
                 print_profile(stage, units["ours"])
-        after = matmul_peak(torch.float32, device, args.matmul_size)
+        after = matmul_peak(torch.float32, device, args.matmul_size, clock=clock)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -558,7 +565,8 @@ def _print_header(args, layout: Layout, ctx, peaks: dict[str, float]) -> None:
     from modeling_scegg.training.precision import native_bf16
 
     note = "" if native_bf16(args.device) else "; no native bf16 here: bf16 products are emulated"
-    print("matmul peak (" + " ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + f", {args.matmul_size}^3{note})")
+    print("matmul peak (" + " ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
+          + f", {args.matmul_size}^3{note}; clock: {args.clock})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,6 +669,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table of one unit of ours")
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="units: wall time, or cpu: the process's CPU time, which on a shared CPU counts the work "
+                             "and not the wait for a core (with --threads 1 on a quiet machine the two agree)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where both implementations run (ours follows Accelerate, which picks the GPU when there is one)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
