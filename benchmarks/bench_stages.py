@@ -501,8 +501,13 @@ def unit_flops(stage: str, ctx, data) -> dict[str, tuple[float, str]]:
     return {"ours": (flops_ours_inference(s, n), "batch"), "reference": (flops_reference_inference(s, n), "batch")}
 
 
-def print_profile(stage: str, unit: Callable[[], object], rows: int = 15) -> None:
-    """torch.profiler's operator table of one unit of ours, by self time and input shapes."""
+PRODUCT_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"}
+
+
+def print_profile(stage: str, unit: Callable[[], object], gflop: float, rows: int = 15) -> None:
+    """torch.profiler's operator table of one unit of ours, by self time and input shapes, and
+    the share of the matrix products in it: the rate the unit would reach if everything else
+    took no time, the limit that fusing the elementwise work cannot pass."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -511,6 +516,12 @@ def print_profile(stage: str, unit: Callable[[], object], rows: int = 15) -> Non
     print(f"-- profile of one {stage} unit (ours)")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
                                                              max_name_column_width=32, max_shapes_column_width=56))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
+    if products:
+        print(f"matrix products: {products / 1000:.1f} of {total / 1000:.1f} ms self time ({products / total:.0%}); "
+              f"alone they run at {gflop / (products / 1e6):.1f} GFLOP/s")
 
 
 def run_units(args) -> None:
@@ -539,7 +550,7 @@ def run_units(args) -> None:
                 row = Row(stage, impl, dtype, seconds[impl], flops[impl][0] / 1e9, flops[impl][1])
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
             if args.profile:
-                print_profile(stage, units["ours"])
+                print_profile(stage, units["ours"], flops["ours"][0] / 1e9)
         after = matmul_peak(torch.float32, device, args.matmul_size, clock=clock)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:
