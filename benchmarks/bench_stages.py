@@ -504,6 +504,40 @@ def unit_flops(stage: str, ctx, data) -> dict[str, tuple[float, str]]:
 PRODUCT_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"}
 
 
+def print_cpu_profile(stage: str, unit: Callable[[], object], gflop: float, repeats: int, rows: int = 15) -> None:
+    """`--profile --clock cpu`: every aten operator's thread CPU time over `repeats` units, by
+    operator, shapes and dtypes. torch.profiler times operators by the wall clock, so on a shared
+    machine an operator that lost its core to another process looks slow; CPU time does not."""
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seconds: dict[tuple, float] = defaultdict(float)
+
+    class OperatorClock(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.thread_time()
+            out = func(*args, **(kwargs or {}))
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            key = (f"aten::{func.overloadpacket.__name__}", str([list(t.shape) for t in tensors]),
+                   ",".join(sorted({str(t.dtype).removeprefix("torch.") for t in tensors})))
+            seconds[key] += time.thread_time() - start
+            return out
+
+    start = time.thread_time()
+    with OperatorClock():
+        for _ in range(repeats):
+            unit()
+    total = (time.thread_time() - start) / repeats
+    print(f"-- CPU-time profile of one {stage} unit (ours), mean of {repeats}: {1000 * total:.1f} ms in all "
+          f"(operators {1000 * sum(seconds.values()) / repeats:.1f} ms, the rest Python and autograd)")
+    for (name, shapes, dtypes), value in sorted(seconds.items(), key=lambda item: -item[1])[:rows]:
+        print(f"{1000 * value / repeats:8.2f} ms {value / repeats / total:6.1%}  {name:32s} {dtypes:14s} {shapes}")
+    products = sum(value for key, value in seconds.items() if key[0] in PRODUCT_OPS) / repeats
+    print(f"matrix products: {1000 * products:.1f} ms of {1000 * total:.1f} ({products / total:.0%}); "
+          f"alone they run at {gflop / products:.1f} GFLOP/s")
+
+
 def print_profile(stage: str, unit: Callable[[], object], gflop: float, rows: int = 15) -> None:
     """torch.profiler's operator table of one unit of ours, by self time and input shapes, and
     the share of the matrix products in it: the rate the unit would reach if everything else
@@ -529,17 +563,17 @@ def run_units(args) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from modeling_scegg.training.precision import native_bf16
+
     clock = CLOCKS[args.clock]
-    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size, clock=clock),
-             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=1 if device.type == "cpu" else 5,
-                                 clock=clock)}
+    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size, clock=clock),  # one sample where emulated:
+             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=5 if native_bf16(device) else 1,
+                                 clock=clock)}  # ~100x slower there
     out = Path(tempfile.mkdtemp(prefix="bench-stages-run-"))
     try:
         ctx, data = build_context(args, layout, out)
         reference = ref.load_reference_data(data, device)
         _print_header(args, layout, ctx, peaks)
-        from modeling_scegg.training.precision import native_bf16
-
         shown = {k: v for k, v in peaks.items() if k == "fp32" or native_bf16(device)}  # no share of an emulated peak
         for stage in args.stages:
             flops = unit_flops(stage, ctx, data)
@@ -549,7 +583,9 @@ def run_units(args) -> None:
                 dtype = {"no": "fp32"}.get(ctx.args.mixed_precision, ctx.args.mixed_precision) if impl == "ours" else "fp32"
                 row = Row(stage, impl, dtype, seconds[impl], flops[impl][0] / 1e9, flops[impl][1])
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
-            if args.profile:
+            if args.profile and args.clock == "cpu":
+                print_cpu_profile(stage, units["ours"], flops["ours"][0] / 1e9, args.repeats)
+            elif args.profile:
                 print_profile(stage, units["ours"], flops["ours"][0] / 1e9)
         after = matmul_peak(torch.float32, device, args.matmul_size, clock=clock)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
@@ -678,7 +714,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table of one unit of ours")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the operators' times of ours: torch.profiler's table of one unit, or "
+                             "with --clock cpu each operator's CPU time over --repeats units")
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="units: wall time, or cpu: the process's CPU time, which on a shared CPU counts the work "
