@@ -299,7 +299,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 5) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 5,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """GFLOP/s of a (size x size) @ (size x size) product, median of `repeats`."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -307,14 +311,15 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: in
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return mm(size, size, size) / statistics.median(times) / 1e9
 
 
-def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each unit, calls interleaved so load changes hit both alike."""
     for unit in units.values():
         unit()
@@ -322,10 +327,10 @@ def time_pair(units: dict[str, Callable[[], object]], repeats: int, device: torc
     times = {name: [] for name in units}
     for _ in range(repeats):
         for name, unit in units.items():
-            start = time.perf_counter()
+            start = clock()
             unit()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -507,8 +512,47 @@ def unit_flops(stage: str, ctx, data) -> dict[str, tuple[float, str]]:
     return {"ours": (flops_ours_inference(s, n), "batch"), "reference": (flops_reference_inference(s, n), "batch")}
 
 
-def print_profile(stage: str, unit: Callable[[], object], rows: int = 15) -> None:
-    """torch.profiler's operator table of one unit of ours, by self time and input shapes."""
+PRODUCT_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear"}
+
+
+def print_cpu_profile(stage: str, unit: Callable[[], object], gflop: float, repeats: int, rows: int = 15) -> None:
+    """`--profile --clock cpu`: every aten operator's thread CPU time over `repeats` units, by
+    operator, shapes and dtypes. torch.profiler times operators by the wall clock, so on a shared
+    machine an operator that lost its core to another process looks slow; CPU time does not."""
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seconds: dict[tuple, float] = defaultdict(float)
+
+    class OperatorClock(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.thread_time()
+            out = func(*args, **(kwargs or {}))
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            key = (f"aten::{func.overloadpacket.__name__}", str([list(t.shape) for t in tensors]),
+                   ",".join(sorted({str(t.dtype).removeprefix("torch.") for t in tensors})))
+            seconds[key] += time.thread_time() - start
+            return out
+
+    start = time.thread_time()
+    with OperatorClock():
+        for _ in range(repeats):
+            unit()
+    total = (time.thread_time() - start) / repeats
+    print(f"-- CPU-time profile of one {stage} unit (ours), mean of {repeats}: {1000 * total:.1f} ms in all "
+          f"(operators {1000 * sum(seconds.values()) / repeats:.1f} ms, the rest Python and autograd)")
+    for (name, shapes, dtypes), value in sorted(seconds.items(), key=lambda item: -item[1])[:rows]:
+        print(f"{1000 * value / repeats:8.2f} ms {value / repeats / total:6.1%}  {name:32s} {dtypes:14s} {shapes}")
+    products = sum(value for key, value in seconds.items() if key[0] in PRODUCT_OPS) / repeats
+    print(f"matrix products: {1000 * products:.1f} ms of {1000 * total:.1f} ({products / total:.0%}); "
+          f"alone they run at {gflop / products:.1f} GFLOP/s")
+
+
+def print_profile(stage: str, unit: Callable[[], object], gflop: float, rows: int = 15) -> None:
+    """torch.profiler's operator table of one unit of ours, by self time and input shapes, and
+    the share of the matrix products in it: the rate the unit would reach if everything else
+    took no time, the limit that fusing the elementwise work cannot pass."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -517,6 +561,12 @@ def print_profile(stage: str, unit: Callable[[], object], rows: int = 15) -> Non
     print(f"-- profile of one {stage} unit (ours)")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
                                                              max_name_column_width=32, max_shapes_column_width=56))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
+    if products:
+        print(f"matrix products: {products / 1000:.1f} of {total / 1000:.1f} ms self time ({products / total:.0%}); "
+              f"alone they run at {gflop / (products / 1e6):.1f} GFLOP/s")
 
 
 def run_units(args) -> None:
@@ -524,28 +574,32 @@ def run_units(args) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size),
-             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=1 if device.type == "cpu" else 5)}
+    from modeling_scegg.training.precision import native_bf16
+
+    clock = CLOCKS[args.clock]
+    peaks = {"fp32": matmul_peak(torch.float32, device, args.matmul_size, clock=clock),  # one sample where emulated:
+             "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size, repeats=5 if native_bf16(device) else 1,
+                                 clock=clock)}  # ~100x slower there
     out = Path(tempfile.mkdtemp(prefix="bench-stages-run-"))
     try:
         ctx, data = build_context(args, layout, out)
         reference = ref.load_reference_data(data, device)
         _print_header(args, layout, ctx, peaks)
-        from modeling_scegg.training.precision import native_bf16
-
         shown = {k: v for k, v in peaks.items() if k == "fp32" or native_bf16(device)}  # no share of an emulated peak
         for stage in args.stages:
             flops = unit_flops(stage, ctx, data)
             units = UNITS[stage](ctx, data, reference)
-            seconds = time_pair(units, args.repeats, device)
+            seconds = time_pair(units, args.repeats, device, clock)
             for impl in seconds:  # the published code has no mixed precision: its products run in float32
                 dtype = {"no": "fp32"}.get(ctx.args.mixed_precision, ctx.args.mixed_precision) if impl == "ours" else "fp32"
                 row = Row(stage, impl, dtype, seconds[impl], flops[impl][0] / 1e9, flops[impl][1])
                 print(row.line(shown, seconds.get("reference") if impl == "ours" else None), flush=True)
-            if args.profile:
-                print_profile(stage, units["ours"])
+            if args.profile and args.clock == "cpu":
+                print_cpu_profile(stage, units["ours"], flops["ours"][0] / 1e9, args.repeats)
+            elif args.profile:
+                print_profile(stage, units["ours"], flops["ours"][0] / 1e9)
             ctx.accelerator.free_memory()  # as between a run's stages: the next unit's save_state holds only its own
-        after = matmul_peak(torch.float32, device, args.matmul_size)
+        after = matmul_peak(torch.float32, device, args.matmul_size, clock=clock)
         print(f"fp32 matmul after the stages: {after:.1f} GFLOP/s (before: {peaks['fp32']:.1f})")
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -570,7 +624,8 @@ def _print_header(args, layout: Layout, ctx, peaks: dict[str, float]) -> None:
     from modeling_scegg.training.precision import native_bf16
 
     note = "" if native_bf16(args.device) else "; no native bf16 here: bf16 products are emulated"
-    print("matmul peak (" + " ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + f", {args.matmul_size}^3{note})")
+    print("matmul peak (" + " ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
+          + f", {args.matmul_size}^3{note}; clock: {args.clock})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -677,8 +732,13 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table of one unit of ours")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the operators' times of ours: torch.profiler's table of one unit, or "
+                             "with --clock cpu each operator's CPU time over --repeats units")
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="units: wall time, or cpu: the process's CPU time, which on a shared CPU counts the work "
+                             "and not the wait for a core (with --threads 1 on a quiet machine the two agree)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where both implementations run (ours follows Accelerate, which picks the GPU when there is one)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")

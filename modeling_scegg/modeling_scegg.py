@@ -91,6 +91,22 @@ class SCEGGOutput(ModelOutput):
     attribute_scores: torch.FloatTensor | None = None
 
 
+def _in_compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in the dtype autocast computes products in (itself outside autocast): cast once
+    here rather than once per product that reads it."""
+    device = tensor.device.type
+    if tensor.is_floating_point() and torch.is_autocast_enabled(device):
+        return tensor.to(torch.get_autocast_dtype(device))
+    return tensor
+
+
+def _leaky_relu_in_place(act: nn.LeakyReLU, tensor: torch.Tensor) -> torch.Tensor:
+    """`act(tensor)` overwriting `tensor` (a fresh product nothing else reads): one pass over
+    it instead of a second tensor of its size. Autograd recovers LeakyReLU's gradient from the
+    output only for a non-negative slope; a negative one gets its own output tensor."""
+    return F.leaky_relu(tensor, act.negative_slope, inplace=act.negative_slope >= 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # SCEN: semantic compression embedding network
 # ----------------------------------------------------------------------------------------------
@@ -112,9 +128,13 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
         self.register_buffer("word_vectors", torch.zeros(config.num_attributes, config.word_dim))
 
     def attribute_attention(self, regions: torch.Tensor) -> torch.Tensor:
-        """Eq. 1's softmax: (B, R, D) L2-normalised regions -> (B, A, R) attention."""
+        """Eq. 1's softmax: (B, R, D) L2-normalised regions -> (B, A, R) attention.
+
+        The result is a transposed view of a contiguous (B, R, A) tensor: the logits are one
+        (B R, D) x (D, A) product that reads the regions as they lie in memory (the (B, A, R)
+        order would first copy all regions into (D, B R)), and the softmax runs over R there."""
         keys = self.attribute_queries @ self.attention_weight
-        return torch.softmax(torch.einsum("ad,brd->bar", keys, regions), dim=-1)
+        return torch.softmax(regions @ keys.t(), dim=1).transpose(1, 2)
 
     def local_features(self, attention: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """Eq. 1: h_n, the attention-weighted sum of regions, (B, A, D)."""
@@ -129,9 +149,10 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
         """Eq. 2 without the local features: h_n^T W_beta v_n = sum_r a_nr r_r^T (W_beta^T v_n).
 
         One (B R, D) x (D, A) product replaces the (B, A, D) tensor h, which is the largest one
-        of the LEN and costs as much memory traffic as the attention itself."""
+        of the LEN and costs as much memory traffic as the attention itself. The sum runs in the
+        (B, R, A) order the product and `attribute_attention` lay out, so nothing is copied."""
         projections = self.attribute_queries @ self.embedding_weight
-        return (attention * (regions @ projections.t()).transpose(1, 2)).sum(-1)
+        return (attention.transpose(1, 2) * (regions @ projections.t())).sum(1)
 
     @staticmethod
     def local_class_scores(embedding: torch.Tensor, class_attributes: torch.Tensor) -> torch.Tensor:
@@ -143,7 +164,7 @@ class SCEGGLocalEmbeddingNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eq. 1-3 as training and inference run them: normalised regions (B, R, D), attention
         (B, A, R) and p_l (B, C), never forming h; `forward` is the same maths with h explicit."""
-        regions = F.normalize(region_features, dim=-1)
+        regions = _in_compute_dtype(F.normalize(region_features, dim=-1))
         attention = self.attribute_attention(regions)
         scores = self.local_class_scores(self.attended_embedding(attention, regions), class_attributes)
         return regions, attention, scores
@@ -185,9 +206,21 @@ class SCEGGSemanticCompression(nn.Module):
         if num_regions * (num_attributes + feature_dim) >= num_attributes * feature_dim:
             return self(attention @ regions)
         first, act, second = self.net
-        hidden = act((first.weight @ attention) @ regions + first.bias.unsqueeze(-1))
-        return (second.weight @ hidden).squeeze(-2) + second.bias
+        hidden = _leaky_relu_in_place(act, self._first_layer(first, attention, regions))
+        batch, width = hidden.shape[:2]
+        return torch.bmm(second.weight.expand(batch, 1, width), hidden).squeeze(-2) + second.bias
 
+    @staticmethod
+    def _first_layer(first: nn.Linear, attention: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """W_1 h + b_1 = [W_1 attention | b_1] [regions; 1], (B, hidden, D): the bias rides in the
+        product as one more region of ones, so neither its broadcast add nor its gradient's sum
+        makes an extra pass over the (B, hidden, D) tensor, the largest of stage 1.
+        `attention @ W_1^T` is one (B R, A) x (A, hidden) product on the (B, R, A) layout."""
+        batch, _, feature_dim = regions.shape
+        mixed = attention.transpose(1, 2) @ first.weight.t()
+        mixed = torch.cat([mixed, first.bias.to(mixed.dtype).expand(batch, 1, -1)], dim=1)
+        regions = torch.cat([regions, regions.new_ones(batch, 1, feature_dim)], dim=1)
+        return torch.bmm(mixed.transpose(1, 2), regions.to(mixed.dtype))
 
 class SCEGGRegressionHead(nn.Module):
     """The stage-2 global classifier CLS_g: trained by L_SCR (Eq. 8) to reproduce the frozen local

@@ -105,6 +105,49 @@ def test_compress_attended_equals_compression_of_local_features(tiny_model, num_
     torch.testing.assert_close(tiny_model.scen.compress_attended(attention, regions), (attention @ regions).mean(1))
 
 
+def _stage1_outputs_and_grads(model, x, explicit: bool):
+    """p_l and p_g of stage 1 and the gradients of every SCEN parameter under one loss, through
+    the explicit equations (h formed) or the form training runs (h never formed)."""
+    scen = model.scen
+    model.zero_grad(set_to_none=True)
+    if explicit:
+        local_scores, global_scores, _, _ = scen(x, model.class_attributes)
+    else:
+        regions, attention, local_scores = scen.local_embedding.attend(x, model.class_attributes)
+        global_scores = scen.global_classifier(scen.compression.compress_attended(attention, regions))
+    weights = torch.linspace(-1, 1, local_scores.numel()).view_as(local_scores)
+    (local_scores.float() * weights).sum().add((global_scores.float() * weights.flip(0)).sum()).backward()
+    grads = {name: p.grad.clone() for name, p in scen.named_parameters() if p.grad is not None}
+    return local_scores.float(), global_scores.float(), grads
+
+
+@pytest.mark.parametrize("num_regions, slope", [(3, 0.01), (3, -0.2), (9, 0.01)])  # re-associated / explicit SC
+def test_stage1_forms_give_the_explicit_values_and_gradients(num_regions, slope):
+    """The layout-aware stage-1 form (region-major attention, bias inside the product, in-place
+    LeakyReLU) computes the values and gradients of Eq. 1-5 as written."""
+    torch.manual_seed(0)
+    model = SCEGGModel(SCEGGConfig(**tiny_config_kwargs(num_regions=num_regions, sc_negative_slope=slope)))
+    model.set_class_semantics(torch.rand(6, 7), torch.randn(7, 6))
+    with torch.no_grad():
+        model.scen.local_embedding.attention_weight.normal_()
+        model.scen.compression.net[0].bias.normal_()
+    x = torch.rand(4, num_regions, 12, generator=torch.Generator().manual_seed(2))
+    *explicit, explicit_grads = _stage1_outputs_and_grads(model, x, explicit=True)
+    *fast, fast_grads = _stage1_outputs_and_grads(model, x, explicit=False)
+    for a, b in zip(fast, explicit):
+        torch.testing.assert_close(a, b)
+    assert fast_grads.keys() == explicit_grads.keys() and "compression.net.0.bias" in fast_grads
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, msg=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products: equal up to bf16 rounding
+        *mixed, mixed_grads = _stage1_outputs_and_grads(model, x, explicit=False)
+    for a, b in zip(mixed, explicit):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(mixed_grads[name].float(), grad, atol=0.05 * grad.abs().max().item(), rtol=0.05,
+                                   msg=name)
+
+
 def test_dense_features_follow_the_explicit_equations(tiny_model):
     x = _regions()
     for model in (tiny_model, SCEGGModel(SCEGGConfig(**tiny_config_kwargs(runtime_compression="mlp")))):
