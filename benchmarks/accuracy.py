@@ -14,6 +14,11 @@ baseline) are used with the smaller benchmark schedule below, which a
 2-core CPU runs in minutes per run; absolute numbers say nothing about real images, the
 comparison between rows on the same data is the point.
 
+`--methods "SC-EGG choice"` runs the dataset as a user gets it by default: no `--config`, so the
+run chooses its preset on its validation view (`--preset_choice auto`); its row names the preset
+chosen per seed. Every row reports the wall time of its runs (the whole `scegg train` process,
+view runs included).
+
 `--code DIR` trains with the package checkout in DIR instead (an older commit, for before/after
 tables); `--no_calibration` then leaves out flags older code lacks. Finished runs are reused.
 """
