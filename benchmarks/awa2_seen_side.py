@@ -30,31 +30,19 @@ its own folder.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchmark_runs import DEFAULT_METADATA, WIDTHS, chosen_preset, summarise, synthetic_data, train_run
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from modeling_scegg import SCEGGModel
+from modeling_scegg.evaluation import choose_seen_score_offset, mean_per_class_accuracy
+from modeling_scegg.training.arguments import parse_key_values
 
-from modeling_scegg import SCEGGModel  # noqa: E402
-from modeling_scegg.data.synthetic import SyntheticConfig  # noqa: E402
-from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.evaluation import choose_seen_score_offset, mean_per_class_accuracy  # noqa: E402
-from modeling_scegg.training.arguments import parse_key_values  # noqa: E402
-
-DEFAULT_METADATA = REPO.parent / "shared" / "data"
-WIDTHS = ["encoder_hidden_dim=512", "generator_hidden_dim=512", "critic_hidden_dim=512", "decoder_hidden_dim=512",
-          "regression_hidden_dim=512"]
 # name -> (model overrides, training flags) applied to awa2-paper; each is one published value
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "awa2-paper": ([], []),
@@ -73,10 +61,13 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "stage3_lr = 1e-5": ([], ["--stage3_lr", "1e-5"]),
     "awa2-published": (None, []),
 }
+# not a switch: the AWA2 default as a user gets it (no --config; the run chooses between
+# awa2-published and awa2-paper on its validation view), for the table's default-vs-old rows
+DEFAULT_RUN = "default (preset choice)"
 COLUMNS = [("probe S", "probe_seen_acc"), ("S-only", "gzsl_seen_only"), ("U-only", "gzsl_unseen_only"),
            ("S->U raw", "raw_gzsl_seen_as_unseen"), ("U raw", "raw_gzsl_unseen"), ("S raw", "raw_gzsl_seen"),
            ("H raw", "raw_gzsl_h"), ("U cal", "gzsl_unseen"), ("S cal", "gzsl_seen"), ("H cal", "gzsl_h"),
-           ("CZSL", "czsl_acc"), ("val H", "validation_h"), ("offset", "validation_offset")]
+           ("CZSL", "czsl_acc"), ("val H", "validation_h"), ("offset", "validation_offset"), ("wall s", "wall_seconds")]
 # only with --test_selected_ceiling: chosen on TEST, a ceiling no protocol may use
 CEILING_COLUMNS = [("TEST-selected offset (ceiling)", "test_selected_offset"),
                    ("its H (TEST-selected, ceiling)", "test_selected_h")]
@@ -105,24 +96,20 @@ def linear_probe_seen_accuracy(cache: dict[str, torch.Tensor], epochs: int = 15,
 
 def run(args: argparse.Namespace, data_dir: Path, name: str, seed: int) -> dict[str, float]:
     """One honest training run of a variant in a subprocess; its metrics (reused when done)."""
-    overrides, flags = VARIANTS[name]
+    overrides, flags = VARIANTS.get(name, ([], []))
     out = Path(args.output_dir) / "runs" / f"{_slug(name)}-seed{seed}"
-    if not (out / "results.json").is_file():
-        config = "awa2-published" if overrides is None else "awa2-paper"
-        argv = ["--dataset", "AWA2", "--data_dir", str(data_dir), "--cache_dir", str(Path(args.output_dir) / "cache"),
-                "--config", config, "--output_dir", str(out), "--seed", str(seed), "--plots", "false",
-                "--log_with", "none", "--calibration", "validation", "--preset_choice", "off",
-                "--stage1_iters", str(args.stage1_iters), "--stage2_iters", str(args.stage2_iters),
-                "--stage3_epochs", str(args.stage3_epochs), "--classifier_epochs", str(args.classifier_epochs),
-                "--syn_num", str(args.syn_num), "--resume", str((out / "checkpoints").is_dir()).lower(), *flags,
-                "--model_overrides", *WIDTHS, *(overrides or [])]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.with_suffix(".log"), "w") as log:
-            if subprocess.call([sys.executable, "-m", "modeling_scegg.cli", "train", *argv], env=env, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=REPO):
-                raise RuntimeError(f"{name} seed {seed} failed; see {out.with_suffix('.log')}")
-    return metrics(out, seed, args.test_selected_ceiling)
+    config = (["--preset_choice", "auto"] if name == DEFAULT_RUN
+              else ["--config", "awa2-published" if overrides is None else "awa2-paper", "--preset_choice", "off"])
+    argv = ["--dataset", "AWA2", "--data_dir", str(data_dir), "--cache_dir", str(Path(args.output_dir) / "cache"),
+            *config, "--seed", str(seed), "--plots", "false", "--log_with", "none", "--calibration", "validation",
+            "--stage1_iters", str(args.stage1_iters), "--stage2_iters", str(args.stage2_iters),
+            "--stage3_epochs", str(args.stage3_epochs), "--classifier_epochs", str(args.classifier_epochs),
+            "--syn_num", str(args.syn_num), *flags, "--model_overrides", *WIDTHS, *(overrides or [])]
+    try:
+        results = train_run(argv, out)
+    except RuntimeError as error:
+        raise RuntimeError(f"{name} seed {seed}: {error}") from error
+    return metrics(out, results, seed, args.test_selected_ceiling)
 
 
 def test_selected_offset_ceiling(out: Path, cache: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -138,11 +125,10 @@ def test_selected_offset_ceiling(out: Path, cache: dict[str, torch.Tensor]) -> d
     return {"test_selected_offset": best["seen_score_offset"], "test_selected_h": best["gzsl_h"]}
 
 
-def metrics(out: Path, seed: int, ceiling: bool = False) -> dict[str, float]:
+def metrics(out: Path, results: dict, seed: int, ceiling: bool = False) -> dict[str, float]:
     """The columns of one finished run; the probe (and, when asked, the test-selected offset
     ceiling) read the run's last feature-cache snapshot once and are kept in diagnostics.json."""
     saved = out / "diagnostics.json"
-    results = json.loads((out / "results.json").read_text())
     diagnostics = json.loads(saved.read_text()) if saved.is_file() else {}
     if "probe_seen_acc" not in diagnostics or (ceiling and "test_selected_h" not in diagnostics):
         cache = load_file(str(out / "checkpoints" / "after_classifiers" / "cache.safetensors"))
@@ -153,6 +139,8 @@ def metrics(out: Path, seed: int, ceiling: bool = False) -> dict[str, float]:
     if not ceiling:
         diagnostics = {k: v for k, v in diagnostics.items() if not k.startswith("test_selected")}
     values = {k: v for k, v in results.items() if isinstance(v, float)}
+    if chosen_preset(results):
+        values["chosen"] = chosen_preset(results)
     values.update({f"raw_{k}": v for k, v in results.get("uncalibrated", {}).items()})
     calibration = results.get("calibration", {})
     if calibration:
@@ -178,7 +166,7 @@ def print_table(table: dict[str, dict[str, tuple[float, float]]], seeds: list[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, DEFAULT_RUN])
     parser.add_argument("--metadata_dir", default=str(DEFAULT_METADATA))
     parser.add_argument("--output_dir", default="outputs/awa2_seen_side")
     parser.add_argument("--grid", type=int, default=4, help="regions per side of the synthetic feature map")
@@ -195,17 +183,14 @@ def main() -> None:
     args = parser.parse_args()
     columns = COLUMNS + (CEILING_COLUMNS if args.test_selected_ceiling else [])
     render = parse_key_values(args.render, "--render")
-    fingerprint = json.dumps([args.grid, args.feature_dim, args.fraction, render], sort_keys=True)
-    tag = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
-    data_dir = Path(args.output_dir) / "data" / tag
-    if not (data_dir / "AWA2" / "feature_map_ResNet_101_AWA2.hdf5").is_file():
-        write_synthetic_benchmark("AWA2", args.metadata_dir, data_dir, grid=(args.grid, args.grid),
-                                  feature_dim=args.feature_dim, render=SyntheticConfig(**render), fraction=args.fraction)
+    data_dir = synthetic_data("AWA2", args.metadata_dir, Path(args.output_dir) / "data", render, args.fraction,
+                              args.grid, args.feature_dim)
     table = {}
     for name in args.variants:
         runs = [run(args, data_dir, name, seed) for seed in args.seeds]
-        table[name] = {k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1
-                           else 0.0) for k in runs[0]}
+        table[name] = summarise(runs)
+        if any("chosen" in r for r in runs):
+            print(f"{name} chose: " + ", ".join(f"seed {s}: {r.get('chosen')}" for s, r in zip(args.seeds, runs)))
         print(f"{name}: " + ", ".join(f"{c} {table[name][k][0]:.1f}" for c, k in columns if k in table[name]), flush=True)
     (Path(args.output_dir) / "awa2_seen_side.json").write_text(json.dumps(table, indent=2))
     print_table(table, args.seeds, columns)

@@ -675,17 +675,35 @@ def run_end_to_end(args) -> None:
     from modeling_scegg.training import parse_training_args
     from modeling_scegg.training.loading import load_data
 
+    seeds, by_seed = args.seeds or [args.seed], {}
     with tempfile.TemporaryDirectory(prefix="bench-stages-e2e-") as tmp:
         load_data(parse_training_args(training_argv(args, layout, Path(tmp) / "convert")))  # convert once, untimed
-        results = {}
-        for impl in args.impls:
-            command = [sys.executable, __file__, "--child", impl, "--output_dir", str(Path(tmp) / impl),
-                       *_forwarded(args)]
-            completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-            line = next(text for text in completed.stdout.splitlines() if text.startswith("RESULT "))
-            results[impl] = json.loads(line[len("RESULT "):])
-            print(f"{impl}: " + json.dumps(results[impl]), flush=True)
-    _print_end_to_end(args, layout, results)
+        for seed in seeds:  # the data does not depend on the seed: only the training's randomness changes
+            args.seed, results = seed, {}
+            for impl in args.impls:
+                command = [sys.executable, __file__, "--child", impl, "--output_dir", str(Path(tmp) / f"{impl}-{seed}"),
+                           *_forwarded(args)]
+                completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+                line = next(text for text in completed.stdout.splitlines() if text.startswith("RESULT "))
+                results[impl] = json.loads(line[len("RESULT "):])
+                print(f"{impl} seed {seed}: " + json.dumps(results[impl]), flush=True)
+            _print_end_to_end(args, layout, results)
+            by_seed[seed] = results
+    if len(seeds) > 1:
+        _print_over_seeds(by_seed)
+
+
+def _print_over_seeds(by_seed: dict[int, dict[str, dict]]) -> None:
+    """Mean ± sample std per implementation over the seeds, and of the per-seed difference
+    (ours - reference), which is what says whether a gap is more than seed noise."""
+    seeds = list(by_seed)
+    keys = ("czsl_acc", "gzsl_unseen", "gzsl_seen", "gzsl_h", "total_seconds")
+    print(f"\nover seeds {', '.join(map(str, seeds))}:" + "".join(f"{k:>18s}" for k in keys))
+    rows = {impl: [[by_seed[s][impl][k] for s in seeds] for k in keys] for impl in by_seed[seeds[0]]}
+    if {"ours", "reference"} <= set(rows):
+        rows["ours - reference"] = [[a - b for a, b in zip(x, y)] for x, y in zip(rows["ours"], rows["reference"])]
+    for name, columns in rows.items():
+        print(f"{name:<18s}" + "".join(f"{statistics.mean(c):10.2f} ± {statistics.stdev(c):<5.2f}" for c in columns))
 
 
 def _forwarded(args) -> list[str]:
@@ -743,6 +761,7 @@ def parse_args(argv=None):
                         help="where both implementations run (ours follows Accelerate, which picks the GPU when there is one)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+", help="end to end: one run per seed and mean ± std over them")
     parser.add_argument("--cache_dir", type=Path, help="where the generated data is kept (default: a temp dir, deleted)")
     parser.add_argument("--end_to_end", action="store_true", help="run the whole preset instead of units")
     parser.add_argument("--default_run", action="store_true",
