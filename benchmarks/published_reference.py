@@ -122,9 +122,9 @@ class PublishedDAZLE(nn.Module):
 
     def compose(self, Hs: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "avg":
-            g = F.adaptive_avg_pool1d(Hs.permute(0, 2, 1), 1).squeeze()
+            g = F.adaptive_avg_pool1d(Hs.permute(0, 2, 1), 1).squeeze(-1)
         else:
-            g = self.mlp_compose(Hs.permute(0, 2, 1)).squeeze()
+            g = self.mlp_compose(Hs.permute(0, 2, 1)).squeeze(-1)
         return (g - self.scale_min) / (self.scale_max - self.scale_min)
 
     def pooled_features(self, Fs: torch.Tensor) -> torch.Tensor:
