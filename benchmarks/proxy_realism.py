@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from sklearn.linear_model import Ridge
@@ -35,18 +36,24 @@ PROXIES = {"plain": {}, "picture-like (0.3 / 0.3)": {"class_appearance": 0.3, "c
 
 
 def pooled(data, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-pooled region features of one split, what TF-VAEGAN's images are, and the labels."""
     reader = RegionFeatureReader(data.splits[split])
     return reader.take(np.arange(len(reader))).astype(np.float32).mean(axis=1), np.asarray(reader.labels)
 
 
-def separability(data) -> tuple[float, float]:
-    """(seen nearest-class-mean accuracy, ridge CZSL accuracy), percent."""
-    (x, y), (seen_x, seen_y), (unseen_x, unseen_y) = (pooled(data, s) for s in ("train", "test_seen", "test_unseen"))
+def separability(data, features: Callable = pooled) -> tuple[float, float]:
+    """(seen nearest-class-mean accuracy, ridge CZSL accuracy), percent, of `features(data, split)`.
+
+    The ridge reads standardised features, so features of any scale (pooled maps, a model's
+    dense features) are regularised alike."""
+    (x, y), (seen_x, seen_y), (unseen_x, unseen_y) = (features(data, s) for s in ("train", "test_seen", "test_unseen"))
     classes = np.unique(y)
     means = np.stack([x[y == c].mean(axis=0) for c in classes])
-    nearest = classes[np.argmin(((seen_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)]
+    distances = (seen_x**2).sum(axis=1)[:, None] - 2 * seen_x @ means.T + (means**2).sum(axis=1)[None]
+    nearest = classes[np.argmin(distances, axis=1)]
     attributes, unseen = data.semantics.attributes, data.semantics.unseen_class_ids
-    predicted = Ridge(alpha=1.0).fit(x, attributes[y]).predict(unseen_x)
+    center, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    predicted = Ridge(alpha=1.0).fit((x - center) / scale, attributes[y]).predict((unseen_x - center) / scale)
     predicted /= np.linalg.norm(predicted, axis=1, keepdims=True)
     czsl = unseen[np.argmax(predicted @ attributes[unseen].T, axis=1)]
     return 100 * mean_per_class_accuracy(nearest, seen_y), 100 * mean_per_class_accuracy(czsl, unseen_y)

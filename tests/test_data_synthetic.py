@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from modeling_scegg.data import RegionFeatureReader, SyntheticConfig, generate_synthetic
-from modeling_scegg.data.synthetic import build_world, split_labels
+from modeling_scegg.data.synthetic import build_world, render_images, split_labels
 
 TINY = SyntheticConfig(num_classes=8, num_unseen=3, num_val=1, num_attributes=10, num_regions=4, feature_dim=16,
                        word_dim=12, train_images_per_class=6, test_seen_images_per_class=2, test_unseen_images_per_class=4)
@@ -126,6 +126,8 @@ def test_split_sizes_override_and_cub_preset():
         ({"attribute_density": 0.0}, "attribute_density"),
         ({"class_appearance": 1.5}, "class_appearance"),
         ({"class_signature": -1.0}, "class_signature"),
+        ({"image_gain": -0.1}, "image_gain"),
+        ({"scene_clutter": -1.0}, "scene_clutter"),
     ],
 )
 def test_config_errors(change, message):
@@ -153,3 +155,40 @@ def test_class_looks_set_seen_classes_apart_beyond_their_attributes():
     assert build_world(base).class_prototypes is None  # off by default: the bytes of earlier versions
     assert _seen_centroid_accuracy(gap) > _seen_centroid_accuracy(plain) + 0.05
     assert ridge_czsl_accuracy(gap) > 2 / len(gap.semantics.unseen_class_ids)
+
+
+def _render(config: SyntheticConfig, labels: np.ndarray) -> np.ndarray:
+    return render_images(build_world(config), labels, config, np.random.default_rng(7))
+
+
+def test_image_gain_scales_whole_images_and_nothing_else():
+    """A gain per image changes the magnitude of every region of an image alike, so its
+    normalised regions (what the SCEN attends over) are those of the same image without gain,
+    while pooled features spread in norm by about the configured log-std."""
+    labels = np.repeat(np.arange(TINY.num_classes), 50)
+    plain, gained = _render(TINY, labels), _render(replace(TINY, image_gain=0.5), labels)
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    np.testing.assert_allclose(unit(gained), unit(plain), atol=1e-5)
+    log_ratio = np.log(np.linalg.norm(gained.mean(axis=1), axis=-1) / np.linalg.norm(plain.mean(axis=1), axis=-1))
+    assert 0.4 < log_ratio.std() < 0.6 and abs(np.exp(log_ratio).mean() - 1) < 0.1  # log-normal with mean 1
+
+
+def test_scene_clutter_fills_only_the_regions_without_attributes():
+    """The scene is one background per image, drawn where no attribute is: with clutter and noise
+    off, it is all that differs from the same images without it."""
+    quiet = replace(TINY, clutter=0.0, noise=0.0, intensity_noise=0.0)
+    labels = np.repeat(np.arange(TINY.num_classes), 20)
+    plain, scene = _render(quiet, labels), _render(replace(quiet, scene_clutter=1.0), labels)
+    added = scene - plain
+    empty = np.abs(plain).sum(axis=-1) == 0
+    assert empty.any() and (~empty).any()
+    assert np.abs(added[~empty]).max() == 0
+    backgrounds = build_world(quiet).backgrounds
+    with_scene = np.flatnonzero(empty.any(axis=1) & (np.abs(added).sum(axis=(1, 2)) > 0))
+    assert len(with_scene) > 0.9 * empty.any(axis=1).sum()
+    for image in with_scene:
+        directions = added[image][empty[image]]
+        directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+        assert np.allclose(directions, directions[0], atol=1e-5)  # one scene per image
+        unit_backgrounds = backgrounds / np.linalg.norm(backgrounds, axis=-1, keepdims=True)
+        assert np.isclose(unit_backgrounds @ directions[0], 1.0, atol=1e-5).any()  # and it is a background

@@ -19,7 +19,13 @@ relies on:
   capture: an attribute looks different on different classes (``class_appearance``: a zebra's
   stripes are not a tiger's), and every class has a look of its own that no attribute describes
   (``class_signature``: the visual-semantic gap, which makes seen classes far easier to tell apart
-  in the features than in their attribute vectors, and cannot be generated for unseen classes).
+  in the features than in their attribute vectors, and cannot be generated for unseen classes);
+* optionally, a gain per image (``image_gain``: the standard deviation of its log): the same
+  scene gives CNN activations of very different magnitudes with the picture's contrast, exposure
+  and the object's size, which a pooled feature carries and normalised regions do not;
+* optionally, a scene behind the object (``scene_clutter``: its strength): one background per
+  image, drawn into every region that holds no attribute, so a pooled feature mixes the object
+  with whatever it was photographed in, and only attention to the attributes' regions leaves it.
 
 Splits mirror xlsa17: trainval ("train") and test_seen from the seen classes (about 20% of their
 images in test_seen), test_unseen from the unseen classes, and train_sub / val where val holds
@@ -89,6 +95,8 @@ class SyntheticConfig:
     word_noise: float = 0.5
     class_appearance: float = 0.0
     class_signature: float = 0.0
+    image_gain: float = 0.0
+    scene_clutter: float = 0.0
     with_global: bool = True
     seed: int = 0
 
@@ -119,8 +127,9 @@ class SyntheticConfig:
                 raise ValueError(f"SyntheticConfig.{name} must lie in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.class_appearance <= 1:
             raise ValueError(f"SyntheticConfig.class_appearance must lie in [0, 1], got {self.class_appearance}")
-        if self.class_signature < 0:
-            raise ValueError(f"SyntheticConfig.class_signature must be >= 0, got {self.class_signature}")
+        for name in ("class_signature", "image_gain", "scene_clutter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SyntheticConfig.{name} must be >= 0, got {getattr(self, name)}")
         counts = self.split_sizes or (self.train_images_per_class, self.test_seen_images_per_class,
                                       self.test_unseen_images_per_class)
         if len(counts) != 3 or min(counts) < 1:
@@ -284,6 +293,8 @@ def render_images(world: SyntheticWorld, labels: np.ndarray, config: SyntheticCo
         shape=(n * config.num_regions, len(prototypes)),
     )
     images = np.asarray(placement @ prototypes, dtype=np.float32).reshape(n, config.num_regions, config.feature_dim)
+    if config.scene_clutter:
+        _draw_scene(images, np.diff(placement.indptr).reshape(n, -1) == 0, world.backgrounds, config, rng)
     # In-place updates: at CUB size every temporary is tens of MB.
     clutter = world.backgrounds[rng.integers(0, config.num_background, (n, config.num_regions))]
     clutter *= config.clutter * rng.random((n, config.num_regions, 1), dtype=np.float32)
@@ -296,7 +307,19 @@ def render_images(world: SyntheticWorld, labels: np.ndarray, config: SyntheticCo
     noise -= 0.5
     noise *= np.float32(np.sqrt(12.0) * config.noise / np.sqrt(config.prototype_density * config.feature_dim))
     images += noise
+    if config.image_gain:  # log-normal with mean 1, one draw per image
+        log_gain = config.image_gain * rng.standard_normal((n, 1, 1), dtype=np.float32) - config.image_gain**2 / 2
+        images *= np.exp(log_gain)
     return np.maximum(images, 0.0, out=images)
+
+
+def _draw_scene(images: np.ndarray, empty: np.ndarray, backgrounds: np.ndarray, config: SyntheticConfig,
+                rng: np.random.Generator) -> None:
+    """Add one background per image, at a random strength per image, to its `empty` (n, R) regions."""
+    n = len(images)
+    scene = backgrounds[rng.integers(0, config.num_background, n)]
+    strength = config.scene_clutter * rng.random(n, dtype=np.float32)
+    images += (empty * strength[:, None])[:, :, None] * scene[:, None, :]
 
 
 def iter_split(config: SyntheticConfig, world: SyntheticWorld, split: str, labels: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
