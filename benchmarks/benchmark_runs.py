@@ -28,6 +28,25 @@ WIDTHS = ["encoder_hidden_dim=512", "generator_hidden_dim=512", "critic_hidden_d
           "regression_hidden_dim=512"]
 
 
+# The proxies the benchmarks compare, by name: SyntheticConfig fields and regions per side of the
+# grid. "plain" is the generator's default; each of the next eight changes one property of it (see
+# modeling_scegg.data.synthetic); "picture-like" is the setting earlier tables used, "pictures"
+# all four properties of pictures at once (benchmarks/README.md, "Which properties rank SC-EGG").
+PROXIES: dict[str, tuple[dict[str, float], int]] = {
+    "plain": ({}, 4),
+    "appearance": ({"class_appearance": 0.3}, 4),
+    "signature": ({"class_signature": 0.3}, 4),
+    "gain": ({"image_gain": 0.5}, 4),
+    "scene": ({"scene_clutter": 1.0}, 4),
+    "gain-0.2": ({"image_gain": 0.2}, 4),
+    "scene-0.5": ({"scene_clutter": 0.5}, 4),
+    "grid7": ({}, 7),
+    "picture-like": ({"class_appearance": 0.3, "class_signature": 0.3}, 4),
+    "strong": ({"class_appearance": 0.5, "class_signature": 0.5}, 4),
+    "pictures": ({"class_appearance": 0.3, "class_signature": 0.3, "image_gain": 0.5, "scene_clutter": 1.0}, 4),
+}
+
+
 def synthetic_data(dataset: str, metadata_dir: str, root: Path, render: dict, fraction: float = 1.0,
                    grid: int = 4, feature_dim: int = 128) -> Path:
     """The folder holding `dataset` rendered with these settings (written once; every setting

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from benchmark_runs import PROXIES
 from proxy_realism import pooled, separability
 
 from modeling_scegg import SCEGGModel
@@ -36,17 +37,6 @@ from modeling_scegg.data import RegionFeatureReader, load_zsl_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (SyntheticConfig fields, regions per side of the grid)
-PROXIES: dict[str, tuple[dict[str, float], int]] = {
-    "plain": ({}, 4),
-    "appearance": ({"class_appearance": 0.3}, 4),
-    "signature": ({"class_signature": 0.3}, 4),
-    "gain": ({"image_gain": 0.5}, 4),
-    "scene": ({"scene_clutter": 1.0}, 4),
-    "grid7": ({}, 7),
-    "picture-like": ({"class_appearance": 0.3, "class_signature": 0.3}, 4),
-    "pictures": ({"class_appearance": 0.3, "class_signature": 0.3, "image_gain": 0.5, "scene_clutter": 1.0}, 4),
-}
 # Per layout: share of the images kept, stage-3 epochs (~600 batches per feedback loop each).
 LAYOUTS = {"AWA2": (0.4, 4), "CUB": (0.4, 12), "SUN": (1.0, 4)}
 SCHEDULE = ["--stage1_iters", "600", "--stage2_iters", "1000", "--syn_num", "300", "--classifier_epochs", "10"]
@@ -57,6 +47,7 @@ def run_proxy(args: argparse.Namespace, dataset: str, proxy: str) -> dict:
     """accuracy.py on one proxy and layout (its runs reused once finished); its summary."""
     render, grid = PROXIES[proxy]
     fraction, epochs = LAYOUTS[dataset]
+    epochs = args.stage3_epochs or epochs
     out = Path(args.output_dir) / f"{dataset}-{proxy}"
     command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--datasets", dataset, "--methods", *METHODS,
                "--seeds", *map(str, args.seeds), "--fraction", str(fraction), "--grid", str(grid),
@@ -97,6 +88,7 @@ def main() -> None:
     parser.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=list(PROXIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--calibrated", action="store_true", help="choose the GZSL offset on the validation view")
+    parser.add_argument("--stage3_epochs", type=int, help="instead of the layout's (use an --output_dir of its own)")
     parser.add_argument("--output_dir", default="outputs/proxy_ranking")
     args = parser.parse_args()
     metrics = [("CZSL", "czsl_acc")] + ([("H cal", "gzsl_h")] if args.calibrated else [])

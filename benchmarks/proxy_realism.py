@@ -4,7 +4,7 @@ of mean-pooled region features, trainval -> test_seen) and how much of the attri
 a linear map recovers zero-shot (ridge from mean-pooled features to class attributes on the seen
 classes, nearest unseen class on test_unseen). Per-class mean accuracies, percent.
 
-    python benchmarks/proxy_realism.py --datasets AWA2 CUB SUN --fraction 0.3
+    python benchmarks/proxy_realism.py --datasets AWA2 CUB SUN --fraction 0.3 --proxies plain picture-like strong
 
 Region features of real pictures separate the seen classes far better than the classes'
 attribute vectors do (a class has a look of its own; an attribute looks different on different
@@ -16,23 +16,15 @@ are close, almost not at all. The picture-like settings add `class_appearance` a
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from benchmark_runs import DEFAULT_METADATA, PROXIES, synthetic_data
 from sklearn.linear_model import Ridge
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modeling_scegg.data import RegionFeatureReader, load_zsl_dataset  # noqa: E402
-from modeling_scegg.data.synthetic import SyntheticConfig  # noqa: E402
-from modeling_scegg.data.synthetic_layout import write_synthetic_benchmark  # noqa: E402
-from modeling_scegg.evaluation import mean_per_class_accuracy  # noqa: E402
-
-PROXIES = {"plain": {}, "picture-like (0.3 / 0.3)": {"class_appearance": 0.3, "class_signature": 0.3},
-           "strong (0.5 / 0.5)": {"class_appearance": 0.5, "class_signature": 0.5}}
+from modeling_scegg.data import RegionFeatureReader, load_zsl_dataset
+from modeling_scegg.evaluation import mean_per_class_accuracy
 
 
 def pooled(data, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -62,18 +54,16 @@ def separability(data, features: Callable = pooled) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["AWA2", "CUB", "SUN"])
+    parser.add_argument("--proxies", nargs="+", default=["plain", "picture-like", "strong"], choices=list(PROXIES))
     parser.add_argument("--fraction", type=float, default=0.3, help="share of each benchmark's images rendered")
-    parser.add_argument("--metadata_dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--metadata_dir", default=str(DEFAULT_METADATA))
     parser.add_argument("--output_dir", default="outputs/proxy_realism")
     args = parser.parse_args()
     rows = []
     for dataset in args.datasets:
-        for name, render in PROXIES.items():
-            tag = '-'.join(f'{k}{v}' for k, v in render.items()) or 'plain'
-            root = Path(args.output_dir) / f"{dataset}-{tag}-fraction{args.fraction}"  # data of another fraction is not reused
-            if not (root / dataset / f"feature_map_ResNet_101_{dataset}.hdf5").is_file():
-                write_synthetic_benchmark(dataset, args.metadata_dir, root, render=SyntheticConfig(**render),
-                                          fraction=args.fraction)
+        for name in args.proxies:
+            render, grid = PROXIES[name]
+            root = synthetic_data(dataset, args.metadata_dir, Path(args.output_dir), render, args.fraction, grid)
             data = load_zsl_dataset(dataset, data_dir=root, cache_dir=root / "cache")
             rows.append((dataset, name, *separability(data)))
             print(f"{dataset} {name}: seen {rows[-1][2]:.1f}, ridge CZSL {rows[-1][3]:.1f}", flush=True)

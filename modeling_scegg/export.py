@@ -158,7 +158,7 @@ def save_model(
         _write_weights_and_code(image_model, Path(scratch), save_kwargs)
         processor.save_pretrained(scratch)
         if record:
-            atomic_write_text(Path(scratch) / RESULTS_FILE, json.dumps(record, indent=2, default=str))
+            write_results_file(scratch, record)
         write_model_card(scratch, repo_id=repo_id)
         for written in sorted(Path(scratch).iterdir()):
             os.replace(written, folder / written.name)
@@ -169,6 +169,11 @@ def save_model(
     if push_to_hub:
         _push(folder, repo_id, **push)
     return folder
+
+
+def write_results_file(folder: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """`folder`/results.json, atomically: a training run's record, which the card and users read."""
+    return atomic_write_text(Path(folder) / RESULTS_FILE, json.dumps(results, indent=2, default=str))
 
 
 def _write_weights_and_code(model: SCEGGForImageClassification, folder: Path, save_kwargs: dict) -> None:

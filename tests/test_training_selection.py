@@ -106,6 +106,10 @@ def test_selection_run_uses_epochs_chosen_on_validation(tmp_path):
     assert results["protocol"].startswith("validation split: classifier epochs and the stage-3 epoch count")
     view_results = json.loads((tmp_path / "out" / "validation" / "results.json").read_text())
     assert view_results["dataset"] == "synthetic (validation view)"
+    # the view's model is nobody's to use: it leaves its record, not a model folder
+    assert not any((tmp_path / "out" / "validation" / name).exists() for name in ("model.safetensors", "README.md",
+                                                                                   "config.json"))
+    assert (tmp_path / "out" / "model.safetensors").is_file()
     assert selection["validation_unseen_classes"] != []
     card = (tmp_path / "out" / "README.md").read_text()
     assert "validation" in card.lower()

@@ -31,7 +31,7 @@ from .checkpointing import STAGES, CheckpointManager
 from .classifiers import score_classifier_schedule, train_and_evaluate_classifiers
 from .common import RunContext, release_stage_memory
 from .loading import build_config
-from .outputs import run_results, write_outputs
+from .outputs import run_results, write_outputs, write_results
 from .run_lock import run_identity
 from .snapshots import read_snapshot, snapshot_writer
 from .stage1 import compute_dense_features, train_stage1
@@ -230,15 +230,19 @@ def run_classifiers(run: Run) -> None:
 
 def finish_run(run: Run) -> dict[str, Any]:
     """Keep what `add_classes` needs, then write the model, results.json, plots and card (and
-    push); returns the results."""
+    push); the validation view's run writes its results.json alone. Returns the results."""
     ctx, args = run.ctx, run.ctx.args
-    # per-class statistics of the real seen features: add_classes refits without the training data
-    ctx.model.record_refit_data(run.cache.train.features, run.cache.train.labels, args.syn_num,
-                                [run.progress.results["classifier_epochs"][k] for k in ("gzsl", "czsl")],
-                                args.classifier_lr)
     results = run_results(args, run.data, run.progress, run.plan.choice)
+    if run.plan.saves_model:
+        # per-class statistics of the real seen features: add_classes refits without the training data
+        ctx.model.record_refit_data(run.cache.train.features, run.cache.train.labels, args.syn_num,
+                                    [run.progress.results["classifier_epochs"][k] for k in ("gzsl", "czsl")],
+                                    args.classifier_lr)
     if ctx.accelerator.is_main_process:
-        write_outputs(ctx, run.data, run.cache, results)
+        if run.plan.saves_model:
+            write_outputs(ctx, run.data, run.cache, results)
+        else:
+            write_results(Path(args.output_dir), results)
     ctx.accelerator.wait_for_everyone()
     ctx.accelerator.end_training()
     ctx.checkpoints.release()

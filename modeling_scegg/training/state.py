@@ -113,23 +113,26 @@ class RunPlan:
     scores held-out images after every classifier epoch (and every `--stage3_eval_every`
     stage-3 epochs) and finds each scoring's best seen-score offset: that is what the real run
     is chosen by. The real run scores test data once, after the last epoch, unless the labelled
-    published protocol asks for more; it trains with what was chosen on validation."""
+    published protocol asks for more; it trains with what was chosen on validation. Only the
+    real run's model is anyone's to use: the view's leaves its results.json, not a model folder
+    (weights, card, code: ~200 MB at CUB size, per candidate preset)."""
 
     stage3_score_every: int
     score_every_classifier_epoch: bool
     choose_offset: bool
+    saves_model: bool
     choice: ValidationChoice | None = None
 
     @classmethod
     def for_view(cls, args: SCEGGTrainingArguments) -> RunPlan:
         return cls(stage3_score_every=args.stage3_eval_every, score_every_classifier_epoch=True,
-                   choose_offset=args.calibration == "validation")
+                   choose_offset=args.calibration == "validation", saves_model=False)
 
     @classmethod
     def for_real_run(cls, args: SCEGGTrainingArguments, choice: ValidationChoice | None) -> RunPlan:
         return cls(stage3_score_every=int(args.published_protocol == "full"),
                    score_every_classifier_epoch=args.published_protocol == "classifier", choose_offset=False,
-                   choice=choice)
+                   saves_model=True, choice=choice)
 
     @property
     def classifier_epochs(self) -> tuple[int, int] | None:
