@@ -1,7 +1,7 @@
 """Which properties of the synthetic proxy decide whether SC-EGG ranks ahead of TF-VAEGAN: both
 methods trained on the same proxy data, one proxy setting at a time, per benchmark layout.
 
-    python benchmarks/proxy_ranking.py --datasets SUN --proxies plain appearance signature gain scene
+    python benchmarks/proxy_ranking.py --datasets SUN --proxies plain appearance signature gain-0.5 scene-1.0
     python benchmarks/proxy_ranking.py --datasets AWA2 CUB SUN --proxies pictures --seeds 0 1 --calibrated
 
 The paper ranks SC-EGG ahead of its TF-VAEGAN baseline on all three datasets (Table 2: CZSL +6.8
@@ -56,10 +56,11 @@ def run_proxy(args: argparse.Namespace, dataset: str, proxy: str) -> dict:
     command += [] if args.calibrated else ["--no_calibration"]
     command += ["--", *SCHEDULE, "--stage3_epochs", str(epochs)]
     command += [] if args.calibrated else ["--calibration", "none"]
+    log = out.parent / f"{out.name}.log"  # proxy names hold dots: no with_suffix
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".log"), "w") as log:
-        if subprocess.call(command, stdout=log, stderr=subprocess.STDOUT):
-            raise RuntimeError(f"{dataset} {proxy}: accuracy.py failed; see {out.with_suffix('.log')}")
+    with open(log, "w") as stream:
+        if subprocess.call(command, stdout=stream, stderr=subprocess.STDOUT):
+            raise RuntimeError(f"{dataset} {proxy}: accuracy.py failed; see {log}")
     return json.loads((out / "accuracy.json").read_text())["summary"]
 
 
