@@ -43,12 +43,18 @@ SCHEDULE = ["--stage1_iters", "600", "--stage2_iters", "1000", "--syn_num", "300
 METHODS = ("SC-EGG", "TF-VAEGAN")
 
 
+def proxy_folder(args: argparse.Namespace, dataset: str, proxy: str) -> Path:
+    """Where one proxy's runs live; another stage-3 length gets a folder of its own, since
+    accuracy.py reuses whatever finished run a folder holds."""
+    return Path(args.output_dir) / (f"{dataset}-{proxy}" + (f"-stage3_{args.stage3_epochs}" if args.stage3_epochs else ""))
+
+
 def run_proxy(args: argparse.Namespace, dataset: str, proxy: str) -> dict:
     """accuracy.py on one proxy and layout (its runs reused once finished); its summary."""
     render, grid = PROXIES[proxy]
     fraction, epochs = LAYOUTS[dataset]
     epochs = args.stage3_epochs or epochs
-    out = Path(args.output_dir) / f"{dataset}-{proxy}"
+    out = proxy_folder(args, dataset, proxy)
     command = [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--datasets", dataset, "--methods", *METHODS,
                "--seeds", *map(str, args.seeds), "--fraction", str(fraction), "--grid", str(grid),
                "--output_dir", str(out)]
@@ -89,7 +95,7 @@ def main() -> None:
     parser.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=list(PROXIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--calibrated", action="store_true", help="choose the GZSL offset on the validation view")
-    parser.add_argument("--stage3_epochs", type=int, help="instead of the layout's (use an --output_dir of its own)")
+    parser.add_argument("--stage3_epochs", type=int, help="instead of the layout's")
     parser.add_argument("--output_dir", default="outputs/proxy_ranking")
     args = parser.parse_args()
     metrics = [("CZSL", "czsl_acc")] + ([("H cal", "gzsl_h")] if args.calibrated else [])
@@ -101,7 +107,7 @@ def main() -> None:
             cells = [f"{summary[f'{dataset} {m}'][key][0]:.1f} ± {summary[f'{dataset} {m}'][key][1]:.1f}"
                      for _, key in metrics for m in METHODS]
             gaps = [summary[f"{dataset} SC-EGG"][key][0] - summary[f"{dataset} TF-VAEGAN"][key][0] for _, key in metrics]
-            probes = feature_diagnostics(dataset, Path(args.output_dir) / f"{dataset}-{proxy}", args.seeds[0])
+            probes = feature_diagnostics(dataset, proxy_folder(args, dataset, proxy), args.seeds[0])
             rows.append(f"| {dataset} | {proxy} | " + " | ".join(cells) + " | " + " | ".join(f"{g:+.1f}" for g in gaps)
                         + " | " + " | ".join(f"{p:.1f}" for p in probes) + " |")
             print(rows[-1], flush=True)
