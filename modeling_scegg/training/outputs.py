@@ -85,14 +85,6 @@ def write_outputs(ctx: RunContext, data: ZSLDataset, cache: FeatureCache, result
         push_model(out, ctx.args.hub_model_id, private=ctx.args.hub_private)
 
 
-def write_results(output_dir: Path, results: Scores) -> None:
-    """results.json alone, for a run whose model nobody uses (the validation view's)."""
-    from ..export import write_results_file
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_results_file(output_dir, results)
-
-
 def _feature_extractor(data: ZSLDataset) -> str:
     if data.name == "synthetic":
         return f"synthetic region features (R={data.num_regions}, D={data.feature_dim}), no backbone"

@@ -24,6 +24,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from ..configuration_scegg import SCEGGConfig
 from ..data import ZSLDataset
 from ..data.store import RegionFeatureReader
+from ..export import write_results_file
 from ..modeling_scegg import SCEGGModel
 from ..optional import require_plots
 from .arguments import SCEGGTrainingArguments
@@ -31,7 +32,7 @@ from .checkpointing import STAGES, CheckpointManager
 from .classifiers import score_classifier_schedule, train_and_evaluate_classifiers
 from .common import RunContext, release_stage_memory
 from .loading import build_config
-from .outputs import run_results, write_outputs, write_results
+from .outputs import run_results, write_outputs
 from .run_lock import run_identity
 from .snapshots import read_snapshot, snapshot_writer
 from .stage1 import compute_dense_features, train_stage1
@@ -238,11 +239,10 @@ def finish_run(run: Run) -> dict[str, Any]:
         ctx.model.record_refit_data(run.cache.train.features, run.cache.train.labels, args.syn_num,
                                     [run.progress.results["classifier_epochs"][k] for k in ("gzsl", "czsl")],
                                     args.classifier_lr)
-    if ctx.accelerator.is_main_process:
-        if run.plan.saves_model:
+        if ctx.accelerator.is_main_process:
             write_outputs(ctx, run.data, run.cache, results)
-        else:
-            write_results(Path(args.output_dir), results)
+    elif ctx.accelerator.is_main_process:
+        write_results_file(args.output_dir, results)  # atomic, creating the folder
     ctx.accelerator.wait_for_everyone()
     ctx.accelerator.end_training()
     ctx.checkpoints.release()
